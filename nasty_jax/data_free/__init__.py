@@ -1,0 +1,1 @@
+"""Data-free KD attacks of Nasty Teacher §4.4: DAFL and DeepInversion."""

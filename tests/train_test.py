@@ -1,0 +1,121 @@
+"""One stage end to end on the real digits data: resume, NaN stop, errors."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import digits as digits_config
+from nasty_jax import checkpointing
+from nasty_jax import train
+
+
+def _config(**overrides):
+  """A digits config small enough for CI: ~8 steps per epoch."""
+  config = digits_config.get_config('_tiny_resnet,students.archs=_tiny_cnn')
+  with config.unlocked():
+    config.batch_size = 16
+    config.dataset.subset_percent = 0.1  # 143 train images.
+    config.num_epochs = 2
+    config.max_eval_batches = 3
+    config.log_every_steps = 3
+    for key, value in overrides.items():
+      node = config
+      *parents, leaf = key.split('.')
+      for parent in parents:
+        node = node[parent]
+      setattr(node, leaf, value)
+  return config
+
+
+NORMAL = train.StageSpec('normal', 'normal', '_tiny_resnet')
+
+
+def _params(stage_dir):
+  variables, meta = checkpointing.load_variables(stage_dir)
+  return variables, meta
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+  config = _config()
+  full = train.train_and_evaluate(config, NORMAL, str(tmp_path / 'full'))
+
+  def preempt_mid_epoch(step):
+    if step == 5:
+      train.request_preemption()
+
+  killed_dir = str(tmp_path / 'killed')
+  first = train.train_and_evaluate(config, NORMAL, killed_dir,
+                                   step_hook=preempt_mid_epoch)
+  assert first == {'status': 'preempted', 'step': 5}
+  assert train.read_result(killed_dir) is None
+  resumed = train.train_and_evaluate(config, NORMAL, killed_dir)
+
+  for key in ('best', 'last', 'best_epoch', 'steps', 'epochs'):
+    assert resumed[key] == full[key], key
+  full_vars, full_meta = _params(str(tmp_path / 'full'))
+  resumed_vars, resumed_meta = _params(killed_dir)
+  assert full_meta == resumed_meta
+  for a, b in zip(jax.tree_util.tree_leaves(full_vars),
+                  jax.tree_util.tree_leaves(resumed_vars)):
+    np.testing.assert_array_equal(a, b)
+  # A finished stage is skipped: the same result comes back from disk.
+  assert train.train_and_evaluate(config, NORMAL, killed_dir) == resumed
+
+
+def test_kd_stage_reads_frozen_teacher_and_records_its_accuracy(tmp_path):
+  config = _config(num_epochs=1)
+  teacher = train.train_and_evaluate(config, NORMAL,
+                                     str(tmp_path / 'normal'))
+  spec = train.StageSpec('kd_normal/_tiny_cnn', 'kd', '_tiny_cnn',
+                         '_tiny_resnet', str(tmp_path / 'normal'))
+  result = train.train_and_evaluate(config, spec, str(tmp_path / 'kd'))
+  assert result['status'] == 'complete'
+  assert result['frozen_accuracy'] == pytest.approx(teacher['best'])
+  with open(tmp_path / 'kd' / train.RESULT_FILE) as f:
+    assert json.load(f)['stage'] == 'kd_normal/_tiny_cnn'
+
+
+def test_nonfinite_loss_stops_stage_and_keeps_last_good_checkpoint(tmp_path):
+  # A learning rate this large makes the loss overflow within two epochs.
+  config = _config(num_epochs=4)
+  with config.unlocked():
+    config.optim.sgd.learning_rate = 1e12
+  stage_dir = str(tmp_path / 'nan')
+  result = train.train_and_evaluate(config, NORMAL, stage_dir)
+  assert result['status'] == 'nonfinite'
+  assert result['nonfinite_step'] >= 0
+  assert result['steps'] < 4 * 8
+  # Whatever was saved before holds finite numbers only.
+  if result['best'] is not None:
+    variables, _ = _params(stage_dir)
+    for leaf in jax.tree_util.tree_leaves(variables):
+      assert np.all(np.isfinite(leaf))
+
+
+def test_bad_frozen_checkpoint_is_a_clear_error(tmp_path):
+  config = _config(num_epochs=1)
+  garbage = tmp_path / 'garbage'
+  garbage.mkdir()
+  (garbage / 'not_a_checkpoint.txt').write_text('hello')
+  spec = train.StageSpec('kd_normal/_tiny_cnn', 'kd', '_tiny_cnn',
+                         '_tiny_resnet', str(garbage))
+  with pytest.raises(FileNotFoundError, match='no finished checkpoint'):
+    train.train_and_evaluate(config, spec, str(tmp_path / 'kd'))
+  assert (garbage / 'not_a_checkpoint.txt').read_text() == 'hello'
+
+  # A teacher of another architecture is refused by name.
+  train.train_and_evaluate(config, NORMAL, str(tmp_path / 'normal'))
+  spec = train.StageSpec('kd_normal/_tiny_cnn', 'kd', '_tiny_cnn',
+                         '_tiny_preresnet', str(tmp_path / 'normal'))
+  with pytest.raises(ValueError, match="arch='_tiny_resnet'"):
+    train.train_and_evaluate(config, spec, str(tmp_path / 'kd2'))
+  assert os.path.exists(tmp_path / 'normal' / train.RESULT_FILE)
+
+
+def test_batch_size_that_does_not_divide_is_refused(tmp_path):
+  config = _config(batch_size=10)
+  with pytest.raises(ValueError, match='batch_size=10 does not divide'):
+    train.train_and_evaluate(config, NORMAL, str(tmp_path / 'x'))
