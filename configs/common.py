@@ -92,6 +92,11 @@ def base_config(*, dataset: str, image_size: int, num_classes: int,
       # with float32 parameters, BN statistics, softmax/KL and loss.
       dtype='float32'))
 
+  # Data-free attacks on the two teachers (paper §4.4, DATAFREE.md); off
+  # unless a config enables them (Table 6: `:resnet34`).
+  c.dafl = dafl_config(dataset)
+  c.deepinversion = deepinversion_config()
+
   c.batch_size = 128
   c.eval_batch_size = -1  # -1: batch_size.
   c.parallelism = 'pmap'  # 'pmap' (default) or 'jit' (same step bodies).
@@ -101,6 +106,31 @@ def base_config(*, dataset: str, image_size: int, num_classes: int,
   c.max_checkpoints_to_keep = 1
   c.profile = False
   return c
+
+
+def dafl_config(dataset: str) -> ml_collections.ConfigDict:
+  """DAFL as DAFL-train.py runs it on CIFAR (DATAFREE §1.6).
+
+  The generator-loss weights differ per dataset: CIFAR-10's README line
+  (oh 0.05, ie 5, a 0.01) and CIFAR-100's at HEAD (0.5, 20, 0.1).
+  """
+  oh, ie, a = (0.5, 20.0, 0.1) if dataset == 'cifar100' else (0.05, 5.0, 0.01)
+  return ml_collections.ConfigDict(dict(
+      enabled=False, student_arch='resnet18', num_epochs=2000,
+      iters_per_epoch=120, batch_size=1024, latent_dim=1000,
+      lr_generator=0.02, lr_student=0.1, momentum=0.9, weight_decay=5e-4,
+      milestones=(800, 1600), gamma=0.1, oh=oh, ie=ie, a=a))
+
+
+def deepinversion_config() -> ml_collections.ConfigDict:
+  """DeepInversion's CIFAR-10 script, README "paper" line (DATAFREE §2.5)."""
+  return ml_collections.ConfigDict(dict(
+      enabled=False, batch_size=256, iterations=2000, lr=0.05,
+      r_feature=10.0, first_bn_multiplier=1.0, tv_l2=2.5e-5, l2=0.0,
+      jitter=2, cig_scale=0.0, adi_temperature=3.0,
+      # Optional KD of a student on synthesised batches (0 = figure only).
+      kd_batches=0, kd_student_arch='resnet18', kd_epochs=0,
+      kd_temperature=3.0))
 
 
 def _parse_value(text: str, current: Any) -> Any:

@@ -27,6 +27,7 @@ back out as an .npz of the torch state_dict (a torch file would need torch).
 
 import argparse
 import dataclasses
+import functools
 import os
 import shutil
 import sys
@@ -129,7 +130,8 @@ def _torch_entries(variables: Mapping[str, Any]) -> list[_Entry]:
   return entries
 
 
-def _layout(arch: str, num_classes: int, **model_kwargs) -> list[_Entry]:
+@functools.lru_cache(maxsize=64)
+def _layout(arch: str, num_classes: int, **model_kwargs) -> tuple[_Entry, ...]:
   """The reference state_dict entries of `arch`, from abstract variables."""
   model = models.get_model(arch, num_classes, **model_kwargs)
   entries = []
@@ -143,7 +145,7 @@ def _layout(arch: str, num_classes: int, **model_kwargs) -> list[_Entry]:
 
   # Every architecture takes 32x32 and parameter shapes do not depend on it.
   jax.eval_shape(init, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
-  return entries
+  return tuple(entries)
 
 
 def _shape_text(shape: Sequence[int]) -> str:
@@ -156,7 +158,8 @@ def _listed(items: list[str]) -> str:
                                             else '')
 
 
-def _check_against_layout(arch: str, num_classes: int, layout: list[_Entry],
+def _check_against_layout(arch: str, num_classes: int,
+                          layout: Sequence[_Entry],
                           shapes: Mapping[str, tuple[int, ...]]) -> None:
   """Raises one ValueError naming every missing/unexpected/mis-shaped key."""
   expected = {e.torch_key: e.torch_shape for e in layout}
@@ -302,6 +305,15 @@ def _prepare_output(path: str, overwrite: bool) -> None:
     raise FileExistsError(f'{path} exists and is not empty; pass --overwrite '
                           'to replace it, or choose another --out.')
   if os.path.isdir(path):
+    # Only ever delete what looks like a checkpoint: orbax step folders.
+    foreign = [e for e in sorted(os.listdir(path))
+               if not (e.split('.')[0].isdigit()
+                       and os.path.isdir(os.path.join(path, e)))]
+    if foreign:
+      raise FileExistsError(
+          f'Refusing to replace {path}: it does not look like a checkpoint '
+          f'directory (it holds {", ".join(foreign[:5])}). Choose another '
+          '--out.')
     shutil.rmtree(path)
   else:
     os.remove(path)

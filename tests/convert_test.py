@@ -197,6 +197,17 @@ def test_cli_errors_are_one_line(tmp_path, argv, message):
   assert not (tmp_path / 'out').exists()
 
 
+def test_cli_overwrite_never_deletes_a_foreign_directory(tmp_path):
+  (tmp_path / 'thesis.tex').write_text('precious')
+  with pytest.raises(SystemExit) as error:
+    convert.main(['--arch', 'preresnet20', '--num_classes', '10',
+                  '--torch_checkpoint',
+                  str(reference_weights.FIXTURES / TORCH_FILES[0]),
+                  '--out', str(tmp_path), '--overwrite'])
+  assert 'does not look like a checkpoint directory' in str(error.value)
+  assert (tmp_path / 'thesis.tex').read_text() == 'precious'
+
+
 def test_cli_rejects_a_non_checkpoint(tmp_path):
   bogus = tmp_path / 'notes.txt'
   bogus.write_text('not a checkpoint')

@@ -137,6 +137,24 @@ def test_matches_reference(name):
   assert errors.get('bn', 0.0) < BN_TOL, errors
 
 
+@pytest.mark.parametrize('name', ['net_10c_32px', 'preresnet20_10c_32px',
+                                  'mobilenetv2_10c_32px'])
+def test_float64_matches_reference_beyond_float32_noise(name):
+  """The float32 errors above are rounding: in float64 they vanish (the
+  references are float64 results stored as float32)."""
+  fixture, _, variables, x = _fixture(name)
+  arch, num_classes = _parse(name)
+  with jax.enable_x64(True):
+    model = models.get_model(arch, num_classes, dtype=jnp.float64)
+    variables = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), variables)
+    logits, _, train_logits, updates = _eval_and_train(
+        model, variables, jnp.asarray(x, jnp.float64))
+  first = _at(updates['batch_stats'], str(fixture['bn_first_name']))
+  assert _rel(logits, fixture['eval_logits']) < 1e-6
+  assert _rel(train_logits, fixture['train_logits']) < 1e-6
+  assert _rel(first['var'], fixture['bn_first_running_var_after']) < 1e-6
+
+
 def test_running_var_update_is_unbiased():
   """net's fcbn1 (BatchNorm1d, n=4): a biased update would fail the test."""
   fixture, model, variables, x = _fixture('net_10c_32px')

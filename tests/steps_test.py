@@ -22,6 +22,11 @@ LOSS = ml_collections.ConfigDict(dict(temperature=4.0, omega=0.04,
                                       alpha=0.9))
 
 
+def _init_key(seed):
+  # 'rbg' as train.py: threefry-based init compiles slowly on XLA:CPU.
+  return jax.random.key(seed, impl='rbg')
+
+
 def _batches():
   rng = np.random.RandomState(0)
   return [{'image': rng.standard_normal((BATCH, 32, 32, 3)).astype(np.float32),
@@ -31,7 +36,7 @@ def _batches():
 
 def _frozen_vars():
   model = models.get_model('_tiny_preresnet', 10)
-  return model, model.init(jax.random.key(7), jnp.zeros((1, 32, 32, 3)))
+  return model, model.init(_init_key(7), jnp.zeros((1, 32, 32, 3)))
 
 
 def _run(kind, num_devices, mode, arch='_tiny_resnet'):
@@ -39,7 +44,7 @@ def _run(kind, num_devices, mode, arch='_tiny_resnet'):
   par = parallel.Parallel(kind, num_devices)
   model = models.get_model(arch, 10, bn_axis_name=par.axis_name)
   tx = state_lib.create_optimizer(SGD, steps_per_epoch=1)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  variables = model.init(_init_key(0), jnp.zeros((1, 32, 32, 3)))
   state = par.replicate(state_lib.create_train_state(variables, tx))
   frozen_model = frozen_vars = None
   if mode != 'normal':
@@ -78,7 +83,9 @@ def test_pmap_four_devices_equals_one_device_and_jit(mode):
     _assert_close(other.params, one.params)
     _assert_close(other.batch_stats, one.batch_stats)
     for a, b in zip(m_other, m_one):
-      _assert_close(a, b)
+      # Metrics are reductions over the whole batch (the gradient norm over
+      # every parameter), summed in a different order per layout.
+      _assert_close(a, b, tol=1e-4)
   # The steps did train: parameters moved and lr dropped at the milestone.
   assert m_one[1]['learning_rate'] == pytest.approx(0.1)
   assert m_one[2]['learning_rate'] == pytest.approx(0.01)
@@ -99,7 +106,7 @@ def test_step_traces_once():
   model = models.get_model('_tiny_resnet', 10, bn_axis_name=par.axis_name)
   tx = state_lib.create_optimizer(SGD, steps_per_epoch=1)
   state = par.replicate(state_lib.create_train_state(
-      model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))), tx))
+      model.init(_init_key(0), jnp.zeros((1, 32, 32, 3))), tx))
 
   def counted(*args, **kwargs):
     traces.append(1)
@@ -120,7 +127,7 @@ def test_nonfinite_loss_names_first_step():
   model = models.get_model('_tiny_resnet', 10)
   tx = state_lib.create_optimizer(SGD, steps_per_epoch=1)
   state = state_lib.create_train_state(
-      model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))), tx)
+      model.init(_init_key(0), jnp.zeros((1, 32, 32, 3))), tx)
 
   def objective(logits, frozen_logits, labels):
     # A negative label marks the batch whose loss turns NaN.

@@ -324,7 +324,7 @@ def check_spatial(arch: str, x: Array, feature_map: Array,
   got = tuple(feature_map.shape[1:3])
   if got != tuple(expected):
     raise ValueError(
-        f'{arch} needs {requirement} (its head needs a '
+        f'{arch} needs {requirement} (its fixed-size head needs a final '
         f'{expected[0]}x{expected[1]} map), but got a '
         f'{x.shape[1]}x{x.shape[2]} input giving {got[0]}x{got[1]}. '
         'Use a global-pool architecture (resnet*, resnext29, mobilenetv2, '

@@ -1,0 +1,149 @@
+"""DAFL: one compile, loss goes down, pmap(4) = 1 device, exact resume."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from configs import digits as digits_config
+from nasty_jax import checkpointing
+from nasty_jax import models
+from nasty_jax import parallel
+from nasty_jax import state as state_lib
+from nasty_jax import train
+from nasty_jax.data_free import dafl
+from nasty_jax.data_free import generator as generator_lib
+
+SIZE = 16  # The tiny nets pool globally, so small images keep this fast.
+LATENT = 12
+BATCH = 8
+DAFL = ml_collections.ConfigDict(dict(
+    lr_generator=0.02, lr_student=0.1, momentum=0.9, weight_decay=5e-4,
+    milestones=(1,), gamma=0.1))
+
+
+def _teacher():
+  teacher = models.get_model('_tiny_resnet', 10)
+  variables = teacher.init(jax.random.key(7), jnp.zeros((1, SIZE, SIZE, 3)))
+  return teacher, variables
+
+
+def _run(kind, num_devices, num_steps, step_fn=dafl.dafl_step):
+  """`num_steps` DAFL steps; returns the final state and per-step metrics."""
+  par = parallel.Parallel(kind, num_devices)
+  generator = generator_lib.Generator(img_size=SIZE, latent_dim=LATENT,
+                                      bn_axis_name=par.axis_name)
+  student = models.get_model('_tiny_preresnet', 10, bn_axis_name=par.axis_name)
+  teacher, teacher_vars = _teacher()
+  s_optim = dafl.student_optim(DAFL)
+  s_tx = state_lib.create_optimizer(s_optim, steps_per_epoch=2)
+  g_tx = dafl.generator_optimizer(DAFL)
+  state = par.replicate(dafl.create_state(
+      generator_lib.Generator(img_size=SIZE, latent_dim=LATENT),
+      models.get_model('_tiny_preresnet', 10), g_tx, s_tx, jax.random.key(0),
+      SIZE))
+  p_step = par.train_step(functools.partial(
+      step_fn, generator=generator, student=student, teacher=teacher,
+      g_tx=g_tx, s_tx=s_tx,
+      learning_rate_fn=state_lib.learning_rate_schedule(s_optim, 2),
+      oh=0.05, ie=5.0, a=0.01, axis_name=par.axis_name))
+  teacher_vars = par.replicate(teacher_vars)
+  history = []
+  for i in range(num_steps):
+    z = dafl.sample_latents(jax.random.fold_in(jax.random.key(1), i), BATCH,
+                            LATENT)
+    state, m = p_step(state, teacher_vars, par.shard_batch(z),
+                      jax.random.fold_in(jax.random.key(2), i))
+    history.append(jax.device_get(m.compute()))
+  return jax.device_get(state), history
+
+
+def _assert_close(a, b, tol=1e-5):
+  leaves_a, tree_a = jax.tree_util.tree_flatten(a)
+  leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+  assert tree_a == tree_b
+  for x, y in zip(leaves_a, leaves_b):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    scale = max(1.0, float(np.max(np.abs(y)))) if y.size else 1.0
+    np.testing.assert_allclose(x, y, atol=tol * scale, rtol=0)
+
+
+def test_step_compiles_once_and_lowers_the_generator_loss():
+  traced = chex.assert_max_traces(dafl.dafl_step, n=1)
+  _, history = _run('jit', 1, 6, step_fn=traced)
+  generator_losses = [h['loss_generator'] for h in history]
+  assert all(np.isfinite(h['loss']) for h in history)
+  assert generator_losses[-1] < generator_losses[0] - 0.05, generator_losses
+  # L_ie is bounded below by -log10(C) (balanced predictions).
+  assert all(h['information_entropy'] >= -1.0 - 1e-5 for h in history)
+  assert history[0]['learning_rate'] == 0.1
+  assert np.isclose(history[-1]['learning_rate'], 0.01)
+
+
+def test_pmap_four_devices_equals_one_device():
+  assert jax.device_count() == 4, 'conftest must give 4 CPU devices'
+  one, m_one = _run('pmap', 1, 3)
+  four, m_four = _run('pmap', 4, 3)
+  jit4, m_jit = _run('jit', 4, 3)
+  for other, m_other in ((four, m_four), (jit4, m_jit)):
+    _assert_close(other.generator.params, one.generator.params)
+    _assert_close(other.generator.batch_stats, one.generator.batch_stats)
+    _assert_close(other.student.params, one.student.params)
+    _assert_close(other.student.batch_stats, one.student.batch_stats)
+    for a, b in zip(m_other, m_one):
+      _assert_close(a, b)
+
+
+def _config(**overrides):
+  config = digits_config.get_config('_tiny_resnet')
+  with config.unlocked():
+    config.batch_size = 16
+    config.dataset.subset_percent = 0.1
+    config.max_eval_batches = 2
+    config.log_every_steps = 2
+    config.dafl.update(dict(
+        enabled=True, student_arch='_tiny_cnn', num_epochs=2,
+        iters_per_epoch=3, batch_size=8, latent_dim=LATENT, milestones=(1,)))
+    for key, value in overrides.items():
+      setattr(config, key, value)
+  return config
+
+
+def _save_teacher(directory):
+  teacher = models.get_model('_tiny_resnet', 10)
+  variables = teacher.init(jax.random.key(3), jnp.zeros((1, 32, 32, 3)))
+  checkpointing.save_variables(directory, variables,
+                               {'arch': '_tiny_resnet', 'num_classes': 10})
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+  config = _config()
+  _save_teacher(str(tmp_path / 'teacher'))
+  spec = train.StageSpec('dafl/normal', 'dafl', '_tiny_cnn', '_tiny_resnet',
+                         str(tmp_path / 'teacher'))
+  full = dafl.run_dafl(config, spec, str(tmp_path / 'full'))
+  assert full['status'] == 'complete' and full['steps'] == 6
+  assert 0 <= full['frozen_accuracy'] <= 100
+
+  def preempt(step):
+    if step == 4:  # Mid-epoch 2.
+      train.request_preemption()
+
+  killed = str(tmp_path / 'killed')
+  assert dafl.run_dafl(config, spec, killed, step_hook=preempt) == {
+      'status': 'preempted', 'step': 4}
+  assert train.read_result(killed) is None
+  resumed = dafl.run_dafl(config, spec, killed)
+  for key in ('best', 'last', 'best_epoch', 'steps', 'epochs',
+              'frozen_accuracy'):
+    assert resumed[key] == full[key], key
+  full_vars, full_meta = checkpointing.load_variables(str(tmp_path / 'full'))
+  resumed_vars, resumed_meta = checkpointing.load_variables(killed)
+  assert full_meta == resumed_meta and full_meta['arch'] == '_tiny_cnn'
+  for a, b in zip(jax.tree_util.tree_leaves(full_vars),
+                  jax.tree_util.tree_leaves(resumed_vars)):
+    np.testing.assert_array_equal(a, b)
+  assert dafl.run_dafl(config, spec, killed) == resumed
