@@ -33,6 +33,7 @@ fi
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 if [ "${1:-}" = "test" ]; then
   shift
-  exec .venv/bin/python -m pytest -q "$@"
+  # Two workers: CI has 2 cores, and the suite is compile-bound.
+  exec .venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" "$@"
 fi
 exec .venv/bin/python -m nasty_jax.main "$@"

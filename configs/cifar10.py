@@ -24,4 +24,8 @@ def get_config(arg=None):
       student_archs=_STUDENTS.get(arch, _DEFAULT_STUDENTS),
       nasty_temperature=4.0, omega=0.04, student_temperature=4.0,
       sgd=common.sgd_optim((80, 120), 0.1, 160), adam=common.adam_optim(100))
+  if arch == 'resnet34':
+    # Table 6 and Figure 6: DAFL and DeepInversion against both teachers.
+    config.dafl.enabled = True
+    config.deepinversion.enabled = True
   return common.finish(config, overrides, runlocal)

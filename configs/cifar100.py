@@ -30,4 +30,8 @@ def get_config(arg=None):
       omega=0.04 if table6 else 0.005, student_temperature=20.0,
       sgd=common.sgd_optim((60, 120, 160), 0.2, 200),
       adam=common.adam_optim(100))
+  if table6:
+    # Table 6 and Figure 6: DAFL and DeepInversion against both teachers.
+    config.dafl.enabled = True
+    config.deepinversion.enabled = True
   return common.finish(config, overrides, runlocal)

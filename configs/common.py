@@ -47,8 +47,8 @@ def base_config(*, dataset: str, image_size: int, num_classes: int,
   c = ml_collections.ConfigDict()
   c.seed = 0
   # Which stages to run: 'all', or a comma list of stage selectors
-  # (see pipeline.STAGE_HELP): normal, nasty, students, baseline, kd_normal,
-  # kd_nasty, or one stage such as kd_nasty/net.
+  # (see pipeline.STAGE_GROUPS): normal, nasty, students, baseline, kd_normal,
+  # kd_nasty, dafl, deepinversion, or one stage such as kd_nasty/net.
   c.stages = 'all'
 
   c.dataset = ml_collections.ConfigDict(dict(
@@ -238,3 +238,8 @@ def runlocal_defaults(config: ml_collections.ConfigDict) -> None:
   config.num_train_steps = 2
   config.max_eval_batches = 2
   config.log_every_steps = 1
+  # The data-free attacks, where a config enables them: a step or two each.
+  config.dafl.update(dict(num_epochs=1, iters_per_epoch=2, batch_size=8,
+                          latent_dim=16))
+  config.deepinversion.update(dict(batch_size=20, iterations=2,
+                                   kd_batches=1))

@@ -1,6 +1,6 @@
 """Training throughput of the real train steps: step-only and a full epoch.
 
-  python -m nasty_jax.bench                 # a small table on any backend
+  python -m nasty_jax.bench                 # resnet18 b64 x 3 modes x 2 dtypes
   python -m nasty_jax.bench --preset=cpu    # the CPU ratio table
   python -m nasty_jax.bench --preset=h100   # the speed targets, one GPU
   python -m nasty_jax.bench --archs=resnet18 --batch_sizes=512,1024 \\
@@ -15,25 +15,31 @@ teacher's forward inside the same jitted step) wrapped by
 returned metrics merged on device. Models are built with the given compute
 dtype ('bfloat16': bf16 convolutions and activations with float32
 parameters, BN statistics, logits and losses); the optimiser is the
-reference's SGD (momentum 0.9, weight decay 5e-4).
+reference's SGD (momentum 0.9, weight decay 5e-4; a small learning rate, as
+the batches are noise).
 
 * Step-only: batches of normal noise already on the devices (a few,
   rotated), `--steps` steps per timing window after `--warmup` steps,
   bracketed by `block_until_ready`; the median of `--repeats` windows, with
   the spread. `host ms` is the time Python needs to dispatch a step (when
-  it nears `step ms`, the host is the bottleneck). Compile time is the first
-  call's wall time minus one step and is reported apart; so are the XLA
-  cost-model FLOPs of one step and the rate they imply.
+  it nears `step ms`, the host is the bottleneck); `cpu ms` the process's
+  CPU time per step, all threads (on a CPU backend, the work itself: its
+  ratios hold up when other processes share the cores, wall-clock ones do
+  not). Compile time is the first call's wall time minus one step and is
+  reported apart; so are the XLA cost-model FLOPs of one step and the rate
+  they imply.
 * Full epoch: one whole epoch (or `--epoch_steps` steps of it) through an
   input pipeline, batch production included, with train.py's host sync
   every `--log_every_steps` steps, compared with the step-only figure.
+  Timed loops run under `jax.transfer_guard_device_to_host('disallow')`:
+  an implicit device-to-host copy (a hidden sync) inside them raises.
   'device' is the in-memory path (`data.device_pipeline`: uint8 split on
   the devices, shuffled and augmented there); 'stream' the host path (grain
   + TFDS records). `--dataset=synthetic` (the default) feeds the device
   path random uint8 images of the dataset's shape (`--num_train` of them)
   without TFDS; `--dataset=digits|cifar10|image_folder|...` reads a
   prepared TFDS dataset through `data.create_dataset`, for either path.
-* `--breakdown` (jit cases) also times the model's eval forward (what the
+* `--breakdown` (jit, normal-mode cases) also times the model's eval forward (what the
   frozen network costs), its train forward + loss, and forward + backward,
   as fractions of the step: the rest of a step is the optimiser and the
   metrics.
@@ -51,17 +57,19 @@ imports the TFDS/grain data path when it is first used.
 GPU: `experiments/gpu_bench.sh` runs `--preset=h100` (ResNet-18 CIFAR fp32
 b128 and bf16 b1024 normal/nasty/kd steps, jit and pmap, device-path
 epochs, and ResNeXt-29 at 64x64 fp32/bf16 b128), printing the target table
-last, in about 5-8 minutes including compiles. On the lent GPU machine
-(jax 0.11, no TF/TFDS/grain/ml_collections/clu), carry a clu wheel:
+last; 8 compiles and ~800 timed steps, an estimated 5-8 minutes (not yet
+run on a GPU). The lent GPU machine has jax 0.11, flax and optax but no
+TF/TFDS/grain/ml_collections/clu: carry the pure-Python clu wheel
+(.whl/ is git-ignored):
 
-  echo /.whl/ >> .git/info/exclude
   python3 -m pip download --no-deps --only-binary=:all: -d .whl clu==0.0.12
-  device run: carry ['.whl'],
-      command 'bash experiments/gpu_bench.sh', timeout_s 580
+  device run: carry ['.whl'], command 'bash experiments/gpu_bench.sh',
+      timeout_s 580
 
-float32 keeps JAX's default matmul precision on GPU unless
-`--matmul_precision` is given (the reference's PyTorch convolutions use
-cuDNN's default, which allows TF32).
+float32 runs at JAX's default matmul precision unless `--matmul_precision`
+is given: on Ampere/Hopper GPUs that lets XLA use TF32 for float32
+convolutions, as PyTorch's cuDNN default did for the reference's figures
+(`--matmul_precision=highest` for true float32).
 """
 
 import argparse
@@ -100,10 +108,12 @@ DTYPES = ('float32', 'bfloat16')
 INPUTS = ('device', 'stream')
 SYNTHETIC = 'synthetic'
 PRESETS = ('cpu', 'h100')
-# The reference's optimiser for every architecture but net/mlp, and the
-# CIFAR-10 loss settings (they do not change the cost).
+# The reference's optimiser for every architecture but net/mlp (SGD,
+# momentum 0.9, weight decay 5e-4) and the CIFAR-10 loss settings. The
+# learning rate is 100x lower than the reference's 0.1: it costs the same,
+# and keeps the weights finite while they fit noise.
 _SGD = types.SimpleNamespace(
-    name='sgd', learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
+    name='sgd', learning_rate=1e-3, momentum=0.9, weight_decay=5e-4,
     nesterov=False, milestones=(), gamma=0.1)
 _LOSS = types.SimpleNamespace(temperature=4.0, omega=0.04, alpha=0.9)
 # Distinct resident batches the step-only timing rotates through.
@@ -192,7 +202,7 @@ class Options:
     num_train: synthetic training examples (CIFAR's 50,000 by default).
     log_every_steps: host sync period inside a timed epoch (train.py's
       logging); 0 = none.
-    breakdown: time forward / forward+backward of jit cases too.
+    breakdown: also time forward / forward+backward (jit, normal mode).
     targets: evaluate the speed issue's targets.
     json_path: where to write the results; None = nowhere.
     seed: seed of parameters, data and augmentation.
@@ -333,19 +343,25 @@ def _synthetic_batches(case: Case, par: parallel_lib.Parallel,
 
 def _windows(run_steps: Callable[[int], Any], sync: Callable[[], Any],
              steps_per_window: int, repeats: int
-             ) -> tuple[list[float], list[float]]:
-  """Seconds per step (wall, and host dispatch only) of each window."""
-  wall, host = [], []
+             ) -> tuple[list[float], list[float], list[float]]:
+  """Seconds per step of each window: wall, host dispatch, process CPU.
+
+  Process CPU time (all threads, XLA's and grain's included) is the work
+  done; unlike wall time it barely moves when other processes share the
+  cores, so CPU-bound ratios stay comparable on a busy machine.
+  """
+  wall, host, cpu = [], [], []
   for _ in range(repeats):
     sync()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     run_steps(steps_per_window)
     dispatched = time.perf_counter()
     sync()
-    end = time.perf_counter()
+    end, cpu_end = time.perf_counter(), time.process_time()
     wall.append((end - start) / steps_per_window)
     host.append((dispatched - start) / steps_per_window)
-  return wall, host
+    cpu.append((cpu_end - cpu_start) / steps_per_window)
+  return wall, host, cpu
 
 
 def measure_step(trainer: _Trainer, batches: list[dict[str, Any]],
@@ -375,12 +391,10 @@ def measure_step(trainer: _Trainer, batches: list[dict[str, Any]],
       'donated' in str(w.message).lower() for w in caught)
   trainer.run(itertools.islice(cycle, opts.warmup))
   trainer.sync()
-  wall, host = _windows(
-      lambda n: trainer.run(itertools.islice(cycle, n)), trainer.sync,
-      opts.steps, opts.repeats)
-  # The loss of the timed steps: proof they computed something finite.
-  trainer.run(itertools.islice(cycle, 1))
-  loss = trainer.sync()
+  with jax.transfer_guard_device_to_host('disallow'):
+    wall, host, cpu = _windows(
+        lambda n: trainer.run(itertools.islice(cycle, n)), trainer.sync,
+        opts.steps, opts.repeats)
   step_s = statistics.median(wall)
   flops = trainer.flops_per_step(batches[0])
   row = case.describe()
@@ -390,11 +404,13 @@ def measure_step(trainer: _Trainer, batches: list[dict[str, Any]],
       step_ms=1e3 * step_s, step_ms_min=1e3 * min(wall),
       step_ms_max=1e3 * max(wall),
       host_ms_per_step=1e3 * statistics.median(host),
+      cpu_ms_per_step=1e3 * statistics.median(cpu),
       images_per_s=case.batch_size / step_s,
       flops_per_step=flops,
       tflops_per_s=None if flops is None else flops / step_s / 1e12,
       donated=bool(donated), compiled_programs=trainer.compile_count(),
-      loss=loss, timed_steps=opts.steps * opts.repeats)
+      # The last window's mean loss: proof the timed steps were finite.
+      loss=trainer.last_loss, timed_steps=opts.steps * opts.repeats)
   return row
 
 
@@ -439,11 +455,12 @@ def measure_breakdown(trainer: _Trainer, batches: list[dict[str, Any]],
         out[0] = fn(variables, batch)
 
     run_steps(1 + opts.warmup)
-    wall, _ = _windows(run_steps, lambda out=out: jax.block_until_ready(
+    wall, _, cpu = _windows(run_steps, lambda out=out: jax.block_until_ready(
         out[0]), opts.steps, opts.repeats)
     ms = 1e3 * statistics.median(wall)
     row = trainer.case.describe()
-    row.update(part=name, ms=ms, fraction_of_step=ms / step_ms)
+    row.update(part=name, ms=ms, fraction_of_step=ms / step_ms,
+               cpu_ms=1e3 * statistics.median(cpu))
     rows.append(row)
   return rows
 
@@ -462,10 +479,6 @@ class _Datasets:
     """A pipeline laid out for `case` (batch size, dtype) and `par`."""
     opts = self.opts
     if opts.dataset == SYNTHETIC:
-      if inp != 'device':
-        raise ValueError('The stream input reads a prepared TFDS dataset; '
-                         'pass --dataset=digits (or cifar10, image_folder, '
-                         '...) to time it.')
       return self._synthetic_pipeline(case, par)
     # Imported here: the TFDS/grain data path is only needed for real data.
     from nasty_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -525,11 +538,15 @@ def measure_epoch(trainer: _Trainer, datasets: _Datasets, inp: str,
   if opts.epoch_steps > 0:
     num_steps = min(num_steps, opts.epoch_steps)
   trainer.sync()
-  start = time.perf_counter()
-  batches = pipeline.train_batches(1)
-  trainer.run(itertools.islice(batches, num_steps), opts.log_every_steps)
-  loss = trainer.sync()
-  epoch_s = time.perf_counter() - start
+  # Nothing inside an epoch may wait for an implicit device-to-host copy;
+  # the log steps' explicit `device_get` is the only sync.
+  with jax.transfer_guard_device_to_host('disallow'):
+    start, cpu_start = time.perf_counter(), time.process_time()
+    batches = pipeline.train_batches(1)
+    trainer.run(itertools.islice(batches, num_steps), opts.log_every_steps)
+    loss = trainer.sync()
+    epoch_s = time.perf_counter() - start
+    cpu_ms_per_step = 1e3 * (time.process_time() - cpu_start) / num_steps
   del batches, pipeline
   gc.collect()  # Stops a stream iterator's read-ahead threads.
   images_per_s = num_steps * trainer.case.batch_size / epoch_s
@@ -539,6 +556,7 @@ def measure_epoch(trainer: _Trainer, datasets: _Datasets, inp: str,
       steps=num_steps, setup_s=setup_s, epoch_s=epoch_s,
       images_per_s=images_per_s, step_images_per_s=step_images_per_s,
       vs_step=images_per_s / step_images_per_s,
+      cpu_ms_per_step=cpu_ms_per_step,
       compiled_programs=trainer.compile_count(), loss=loss)
   return row
 
@@ -625,7 +643,8 @@ def preset(name: str) -> tuple[list[Case], dict[str, Any]]:
 
   * 'cpu': the CPU ratio table: resnet18 b64 and preresnet20 b128, fp32 and
     bf16, normal / nasty / kd (teacher resnet18, the paper's CIFAR-10
-    teacher), jit and pmap, device vs stream epochs on digits.
+    teacher), jit and pmap, fp32 device vs stream epochs (6 steps) on
+    digits, and where a normal step's time goes.
   * 'h100': the speed issue's targets on one GPU (see H100_TARGETS).
 
   Args:
@@ -637,12 +656,13 @@ def preset(name: str) -> tuple[list[Case], dict[str, Any]]:
   if name == 'cpu':
     cases = []
     for arch, batch in (('resnet18', 64), ('preresnet20', 128)):
-      cases += _grid([arch], MODES, [batch], DTYPES, ['jit'],
-                     kd_teacher='resnet18', epoch_inputs=INPUTS)
-      cases.append(Case(arch, 'normal', batch, 'float32', 'pmap',
-                        epoch_inputs=('device',)))
-    return cases, dict(steps=3, repeats=2, warmup=1, dataset='digits',
-                       epoch_steps=-1, breakdown=True)
+      cases += [dataclasses.replace(c, epoch_inputs=INPUTS)
+                if c.mode == 'normal' and c.dtype == 'float32' else c
+                for c in _grid([arch], MODES, [batch], DTYPES, ['jit'],
+                               kd_teacher='resnet18')]
+      cases.append(Case(arch, 'normal', batch, 'float32', 'pmap'))
+    return cases, dict(steps=2, repeats=2, warmup=1, dataset='digits',
+                       epoch_steps=6, breakdown=True)
   if name == 'h100':
     big = ('device',)
     cases = [
@@ -701,6 +721,11 @@ def run(opts: Options) -> dict[str, Any]:
   if min(opts.steps, opts.repeats) < 1 or opts.warmup < 0:
     raise ValueError(f'steps and repeats must be >= 1 and warmup >= 0; got '
                      f'{opts.steps}, {opts.repeats}, {opts.warmup}.')
+  if opts.dataset == SYNTHETIC and any('stream' in c.epoch_inputs
+                                       for c in opts.cases):
+    raise ValueError('The stream input reads a prepared TFDS dataset; pass '
+                     '--dataset=digits (or cifar10, image_folder, ...) to '
+                     'time it.')
   pars = {kind: parallel_lib.Parallel(kind, opts.num_devices)
           for kind in {c.parallelism for c in opts.cases}}
   for case in opts.cases:
@@ -715,6 +740,11 @@ def run(opts: Options) -> dict[str, Any]:
     trainer = _Trainer(case, par, opts.num_classes, opts.seed)
     batches = _synthetic_batches(case, par, opts.num_classes, opts.seed)
     row = measure_step(trainer, batches, opts)
+    reference = REFERENCE_IMAGES_PER_S.get(
+        (case.arch, case.mode, case.dtype, case.batch_size, case.image_size))
+    if opts.targets and reference is not None:
+      row.update(reference_images_per_s=reference,
+                 vs_reference=row['images_per_s'] / reference)
     results['steps'].append(row)
     logging.info('  step: %.1f ms, %.0f img/s, compile %.1f s', row['step_ms'],
                  row['images_per_s'], row['compile_s'])
@@ -763,9 +793,11 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
     results: `run`'s results so far.
 
   Returns:
-    Rows {'ratio', 'arch', 'batch_size', 'of', 'value'}: bf16/fp32,
+    Rows {'ratio', the case's fields, 'value', 'value_cpu'}: bf16/fp32,
     pmap/jit, nasty/normal and kd/normal (step-only), epoch/step, and
-    stream/device (epochs).
+    stream/device (epochs). 'value' is the wall-clock img/s ratio,
+    'value_cpu' the same ratio of process CPU time per image (the one to
+    read on a busy CPU).
   """
   out = []
   steps_by_key = {_key(r): r for r in results['steps']}
@@ -784,18 +816,23 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
       other = table.get(_key(row, **{field: den}))
       if other is not None:
         out.append(_ratio_row(name, row, row['images_per_s']
-                              / other['images_per_s']))
+                              / other['images_per_s'],
+                              other['cpu_ms_per_step']
+                              / row['cpu_ms_per_step']))
+  steps_by_case = {_key(r, input=None): r for r in results['steps']}
   for row in results['epochs']:
+    step = steps_by_case[_key(row, input=None)]
     out.append(_ratio_row(f'{row["input"]} epoch / step', row,
-                          row['vs_step']))
+                          row['vs_step'], step['cpu_ms_per_step']
+                          / row['cpu_ms_per_step']))
   return out
 
 
-def _ratio_row(name: str, row: dict[str, Any], value: float
-               ) -> dict[str, Any]:
+def _ratio_row(name: str, row: dict[str, Any], value: float,
+               value_cpu: float) -> dict[str, Any]:
   what = {k: row[k] for k in ('arch', 'mode', 'batch_size', 'dtype',
                               'parallelism', 'image_size')}
-  return {'ratio': name, **what, 'value': value}
+  return {'ratio': name, **what, 'value': value, 'value_cpu': value_cpu}
 
 
 # ------------------------------------------------------------------ output --
@@ -842,25 +879,27 @@ def report(results: dict[str, Any]) -> str:
       results['steps'], _CASE_COLUMNS + (
           ('compile s', 'compile_s'), ('step ms', 'step_ms'),
           ('min', 'step_ms_min'), ('max', 'step_ms_max'),
-          ('host ms', 'host_ms_per_step'), ('img/s', 'images_per_s'),
+          ('host ms', 'host_ms_per_step'), ('cpu ms', 'cpu_ms_per_step'),
+          ('img/s', 'images_per_s'),
           ('TFLOP/s', 'tflops_per_s'), ('donated', 'donated'),
-          ('loss', 'loss')))]
+          ('loss', 'loss')) + (
+              (('x ref', 'vs_reference'),) if results['targets'] else ()))]
   if results['epochs']:
     parts += ['', 'Full epochs (input pipeline + step):', format_table(
         results['epochs'], _CASE_COLUMNS + (
             ('input', 'input'), ('data', 'dataset'), ('steps', 'steps'),
             ('setup s', 'setup_s'), ('epoch s', 'epoch_s'),
             ('img/s', 'images_per_s'), ('step img/s', 'step_images_per_s'),
-            ('epoch/step', 'vs_step')))]
+            ('epoch/step', 'vs_step'), ('cpu ms', 'cpu_ms_per_step')))]
   if results['breakdown']:
     parts += ['', 'Where a step goes (jit):', format_table(
         results['breakdown'], _CASE_COLUMNS[:-1] + (
             ('part', 'part'), ('ms', 'ms'),
-            ('of step', 'fraction_of_step')))]
+            ('of step', 'fraction_of_step'), ('cpu ms', 'cpu_ms')))]
   if results['ratios']:
     parts += ['', 'Ratios (img/s):', format_table(
         results['ratios'], (('ratio', 'ratio'),) + _CASE_COLUMNS[:-1] + (
-            ('value', 'value'),))]
+            ('wall', 'value'), ('cpu time', 'value_cpu')))]
   if results['targets']:
     parts += ['', 'Targets:', format_table(
         results['targets'], (('target', 'target'), ('value', 'value'),

@@ -54,13 +54,19 @@ def main(argv):
     pass
   if _MULTIHOST.value:
     jax.distributed.initialize()
+  # Reruns (and the stages of one run) reuse compiled programs.
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    jax.config.update('jax_compilation_cache_dir', os.path.join(
+        os.path.expanduser('~'), '.cache', 'nasty_jax', 'xla'))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   config = flags.FLAGS.config
   workdir = _WORKDIR.value or os.path.join(
       'runs', f'{config.dataset.name}_{config.teacher.arch}_seed{config.seed}')
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(),
                jax.process_count(), jax.devices())
   train.install_preemption_handler()
-  pipeline.write_config(config, workdir)
+  if jax.process_index() == 0:
+    pipeline.write_config(config, workdir)
   results = pipeline.run(config, workdir)
   if 'teachers' in results:
     logging.info('Results in %s/results.md:\n%s', workdir,

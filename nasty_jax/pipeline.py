@@ -2,7 +2,9 @@
 
 normal teacher -> nasty teacher (adversary: that normal teacher, as
 train_nasty.py) -> for every student architecture: baseline, KD from the
-normal teacher, KD from the nasty teacher (train_kd.py). Each stage has its
+normal teacher, KD from the nasty teacher (train_kd.py) -> when enabled, the
+data-free attacks of §4.4 on both teachers: a DAFL student from each
+(Table 6) and a DeepInversion batch of each (Figure 6). Each stage has its
 own folder under the workdir, is skipped once complete and resumes when
 interrupted (`train.py`). At the end `results.json` and `results.md` gather
 every finished stage into the paper's table shape.
@@ -18,10 +20,22 @@ from absl import logging
 
 from nasty_jax import results as results_lib
 from nasty_jax import train
+from nasty_jax.data_free import dafl
+from nasty_jax.data_free import deepinversion
 
 # Selectors accepted by config.stages, besides single stage names.
 STAGE_GROUPS = ('all', 'normal', 'nasty', 'students', 'baseline',
-                'kd_normal', 'kd_nasty')
+                'kd_normal', 'kd_nasty', 'dafl', 'deepinversion')
+# What runs a stage, by StageSpec.mode.
+RUNNERS = {
+    'normal': train.train_and_evaluate,
+    'nasty': train.train_and_evaluate,
+    'kd': train.train_and_evaluate,
+    dafl.MODE: dafl.run_dafl,
+    deepinversion.MODE: deepinversion.run_deepinversion,
+}
+# Figure 6, written once both DeepInversion stages are done.
+COMPARISON_FILE = 'deepinversion/normal_vs_nasty.png'
 
 
 def student_archs(config: ml_collections.ConfigDict) -> list[str]:
@@ -72,22 +86,40 @@ def plan(config: ml_collections.ConfigDict, workdir: str
     stages.append(PlannedStage(
         train.StageSpec(f'kd_nasty/{arch}', 'kd', arch, teacher, nasty_ckpt),
         own(f'kd_nasty/{arch}'), nasty_needs))
+
+  teachers = {'normal': (normal_ckpt, normal_needs),
+              'nasty': (nasty_ckpt, nasty_needs)}
+  for mode, cfg, arch in ((dafl.MODE, config.dafl, config.dafl.student_arch),
+                          (deepinversion.MODE, config.deepinversion,
+                           config.deepinversion.kd_student_arch)):
+    if not cfg.enabled:
+      continue
+    for role in results_lib.TEACHERS:
+      checkpoint, needs = teachers[role]
+      stages.append(PlannedStage(
+          train.StageSpec(f'{mode}/{role}', mode, arch, teacher, checkpoint),
+          own(f'{mode}/{role}'), needs))
   return stages
 
 
 def select(stages: list[PlannedStage], selectors: str) -> list[PlannedStage]:
   """The planned stages that `config.stages` names, in run order.
 
+  Selectors are ','- or '+'-separated ('+' fits inside a config argument,
+  whose items ',' separates).
+
   Raises:
     ValueError: an unknown selector; the message lists the valid ones.
   """
   names = [s.spec.name for s in stages]
   chosen = set()
-  for selector in (x.strip() for x in selectors.split(',') if x.strip()):
+  for selector in (x.strip() for x in selectors.replace('+', ',').split(',')
+                   if x.strip()):
     if selector == 'all':
       chosen.update(names)
     elif selector == 'students':
-      chosen.update(n for n in names if '/' in n)
+      chosen.update(n for n in names
+                    if n.split('/')[0] in results_lib.STUDENT_ROLES)
     elif selector in STAGE_GROUPS:
       chosen.update(n for n in names
                     if n == selector or n.startswith(selector + '/'))
@@ -132,16 +164,31 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logging.info('=== Stage %d/%d: %s (%s, %s) -> %s', i + 1, len(selected),
                  stage.spec.name, stage.spec.mode, stage.spec.arch,
                  stage.directory)
-    result = train.train_and_evaluate(config, stage.spec, stage.directory)
+    result = RUNNERS[stage.spec.mode](config, stage.spec, stage.directory)
     if result.get('status') == 'preempted':
       logging.warning('Pre-empted during %s; rerun the same command to '
                       'resume.', stage.spec.name)
       return {'status': 'preempted', 'stage': stage.spec.name}
-  results = results_lib.gather(
-      config, student_archs(config),
-      {s.spec.name: train.read_result(s.directory) for s in stages})
+  stage_results = {s.spec.name: train.read_result(s.directory)
+                   for s in stages}
+  figure = _write_deepinversion_comparison(by_name, stage_results, workdir)
+  results = results_lib.gather(config, student_archs(config), stage_results,
+                               deepinversion_comparison=figure)
   results_lib.write(results, workdir)
   return results
+
+
+def _write_deepinversion_comparison(by_name, stage_results, workdir
+                                    ) -> str | None:
+  """Figure 6 (normal | nasty grids) once both inversions exist."""
+  names = [f'{deepinversion.MODE}/{role}' for role in results_lib.TEACHERS]
+  if not all(stage_results.get(n) for n in names):
+    return None
+  path = os.path.join(workdir, COMPARISON_FILE)
+  deepinversion.write_comparison(
+      {role: os.path.join(by_name[n].directory, deepinversion.IMAGES_FILE)
+       for role, n in zip(results_lib.TEACHERS, names)}, path)
+  return COMPARISON_FILE
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:

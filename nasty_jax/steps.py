@@ -124,7 +124,7 @@ def train_step(state: state_lib.TrainState, frozen_vars: Any,
   step_metrics = metrics_lib.collect(
       metrics_lib.TrainMetrics, axis_name, loss=loss, ce=aux['ce'],
       kl=aux['kl'], accuracy=_correct(logits, labels),
-      grad_norm=optax.global_norm(grads),
+      grad_norm=optax.tree.norm(grads),
       learning_rate=learning_rate_fn(state.step), step=state.step)
   return new_state, step_metrics
 

@@ -1,4 +1,4 @@
-"""DAFL: one compile, loss goes down, pmap(4) = 1 device, exact resume."""
+"""DAFL: pmap(4) = 1 device = jit, one compile, it learns, exact resume."""
 
 import functools
 
@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
+import pytest
 
 from configs import digits as digits_config
 from nasty_jax import checkpointing
@@ -19,7 +21,7 @@ from nasty_jax.data_free import generator as generator_lib
 
 SIZE = 16  # The tiny nets pool globally, so small images keep this fast.
 LATENT = 12
-BATCH = 8
+BATCH = 16  # 4 per device; at 2 per device BN makes the step ill-conditioned.
 DAFL = ml_collections.ConfigDict(dict(
     lr_generator=0.02, lr_student=0.1, momentum=0.9, weight_decay=5e-4,
     milestones=(1,), gamma=0.1))
@@ -27,29 +29,31 @@ DAFL = ml_collections.ConfigDict(dict(
 
 def _teacher():
   teacher = models.get_model('_tiny_resnet', 10)
-  variables = teacher.init(jax.random.key(7), jnp.zeros((1, SIZE, SIZE, 3)))
+  variables = jax.jit(teacher.init)(jax.random.key(7, impl='rbg'),
+                                    jnp.zeros((1, SIZE, SIZE, 3)))
   return teacher, variables
 
 
-def _run(kind, num_devices, num_steps, step_fn=dafl.dafl_step):
+def _run(kind, num_devices, num_steps, step_fn=dafl.dafl_step,
+         g_tx=dafl.generator_optimizer(DAFL)):
   """`num_steps` DAFL steps; returns the final state and per-step metrics."""
   par = parallel.Parallel(kind, num_devices)
   generator = generator_lib.Generator(img_size=SIZE, latent_dim=LATENT,
                                       bn_axis_name=par.axis_name)
-  student = models.get_model('_tiny_preresnet', 10, bn_axis_name=par.axis_name)
+  student = models.get_model('_tiny_resnet', 10, bn_axis_name=par.axis_name)
   teacher, teacher_vars = _teacher()
   s_optim = dafl.student_optim(DAFL)
   s_tx = state_lib.create_optimizer(s_optim, steps_per_epoch=2)
-  g_tx = dafl.generator_optimizer(DAFL)
-  state = par.replicate(dafl.create_state(
-      generator_lib.Generator(img_size=SIZE, latent_dim=LATENT),
-      models.get_model('_tiny_preresnet', 10), g_tx, s_tx, jax.random.key(0),
-      SIZE))
+  state = jax.jit(functools.partial(
+      dafl.create_state, generator_lib.Generator(img_size=SIZE,
+                                                 latent_dim=LATENT),
+      models.get_model('_tiny_resnet', 10), g_tx, s_tx, image_size=SIZE),
+                  out_shardings=par.replicated)(jax.random.key(0, impl='rbg'))
   p_step = par.train_step(functools.partial(
       step_fn, generator=generator, student=student, teacher=teacher,
       g_tx=g_tx, s_tx=s_tx,
       learning_rate_fn=state_lib.learning_rate_schedule(s_optim, 2),
-      oh=0.05, ie=5.0, a=0.01, axis_name=par.axis_name))
+      oh=1.0, ie=5.0, a=0.1, axis_name=par.axis_name))
   teacher_vars = par.replicate(teacher_vars)
   history = []
   for i in range(num_steps):
@@ -61,33 +65,21 @@ def _run(kind, num_devices, num_steps, step_fn=dafl.dafl_step):
   return jax.device_get(state), history
 
 
-def _assert_close(a, b, tol=1e-5):
-  leaves_a, tree_a = jax.tree_util.tree_flatten(a)
-  leaves_b, tree_b = jax.tree_util.tree_flatten(b)
-  assert tree_a == tree_b
-  for x, y in zip(leaves_a, leaves_b):
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    scale = max(1.0, float(np.max(np.abs(y)))) if y.size else 1.0
-    np.testing.assert_allclose(x, y, atol=tol * scale, rtol=0)
+def _assert_close(a, b):
+  chex.assert_trees_all_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_step_compiles_once_and_lowers_the_generator_loss():
-  traced = chex.assert_max_traces(dafl.dafl_step, n=1)
-  _, history = _run('jit', 1, 6, step_fn=traced)
-  generator_losses = [h['loss_generator'] for h in history]
-  assert all(np.isfinite(h['loss']) for h in history)
-  assert generator_losses[-1] < generator_losses[0] - 0.05, generator_losses
-  # L_ie is bounded below by -log10(C) (balanced predictions).
-  assert all(h['information_entropy'] >= -1.0 - 1e-5 for h in history)
-  assert history[0]['learning_rate'] == 0.1
-  assert np.isclose(history[-1]['learning_rate'], 0.01)
-
-
-def test_pmap_four_devices_equals_one_device():
+def test_pmap_four_devices_equals_one_device_and_jit_and_compiles_once():
   assert jax.device_count() == 4, 'conftest must give 4 CPU devices'
-  one, m_one = _run('pmap', 1, 3)
-  four, m_four = _run('pmap', 4, 3)
-  jit4, m_jit = _run('jit', 4, 3)
+  # Plain SGD for the generator here: Adam's first steps are sign(g) * lr,
+  # so gradient entries that are zero in exact arithmetic (a bias before a
+  # BN) turn float noise of another summation order into lr-sized moves.
+  # (run_dafl's Adam runs in the resume test below.)
+  sgd = optax.sgd(0.02)
+  one, m_one = _run('pmap', 1, 3, g_tx=sgd,
+                    step_fn=chex.assert_max_traces(dafl.dafl_step, n=1))
+  four, m_four = _run('pmap', 4, 3, g_tx=sgd)
+  jit4, m_jit = _run('jit', 4, 3, g_tx=sgd)
   for other, m_other in ((four, m_four), (jit4, m_jit)):
     _assert_close(other.generator.params, one.generator.params)
     _assert_close(other.generator.batch_stats, one.generator.batch_stats)
@@ -95,26 +87,30 @@ def test_pmap_four_devices_equals_one_device():
     _assert_close(other.student.batch_stats, one.student.batch_stats)
     for a, b in zip(m_other, m_one):
       _assert_close(a, b)
+  # The steps learn: the student closes in on the teacher, the generator's
+  # objective goes down, and the student's lr drops at its milestone.
+  assert all(np.isfinite(m['loss']) for m in m_one)
+  assert m_one[-1]['loss_student'] < 0.5 * m_one[0]['loss_student']
+  assert m_one[-1]['loss_generator'] < m_one[0]['loss_generator']
+  # L_ie is bounded below by -log10(C) (balanced predictions).
+  assert all(m['information_entropy'] >= -1.0 - 1e-5 for m in m_one)
+  assert m_one[0]['learning_rate'] == pytest.approx(0.1)
+  assert m_one[2]['learning_rate'] == pytest.approx(0.01)
 
 
-def _config(**overrides):
-  config = digits_config.get_config('_tiny_resnet')
-  with config.unlocked():
-    config.batch_size = 16
-    config.dataset.subset_percent = 0.1
-    config.max_eval_batches = 2
-    config.log_every_steps = 2
-    config.dafl.update(dict(
-        enabled=True, student_arch='_tiny_cnn', num_epochs=2,
-        iters_per_epoch=3, batch_size=8, latent_dim=LATENT, milestones=(1,)))
-    for key, value in overrides.items():
-      setattr(config, key, value)
-  return config
+def _config():
+  # 8 steps of 16 digits an epoch; DAFL: 2 epochs of 3 iterations.
+  return digits_config.get_config(
+      '_tiny_resnet,batch_size=16,dataset.subset_percent=0.1,'
+      'max_eval_batches=2,log_every_steps=2,dafl.enabled=true,'
+      'dafl.student_arch=_tiny_cnn,dafl.num_epochs=2,dafl.iters_per_epoch=3,'
+      f'dafl.batch_size=8,dafl.latent_dim={LATENT},dafl.milestones=1+')
 
 
 def _save_teacher(directory):
   teacher = models.get_model('_tiny_resnet', 10)
-  variables = teacher.init(jax.random.key(3), jnp.zeros((1, 32, 32, 3)))
+  variables = jax.jit(teacher.init)(jax.random.key(3, impl='rbg'),
+                                    jnp.zeros((1, 32, 32, 3)))
   checkpointing.save_variables(directory, variables,
                                {'arch': '_tiny_resnet', 'num_classes': 10})
 

@@ -26,6 +26,7 @@ depend on the device count.
 """
 
 import functools
+import json
 import os
 from typing import Any, Callable
 
@@ -238,7 +239,7 @@ def dafl_step(state: DaflState, teacher_vars: Any,
       information_entropy=g_aux['information_entropy'],
       activation=g_aux['activation'], loss_student=s_loss,
       agreement=agreement,
-      grad_norm=optax.global_norm((g_grads, s_grads)),
+      grad_norm=optax.tree.norm((g_grads, s_grads)),
       learning_rate=learning_rate_fn(s_state.step), step=s_state.step)
   return new_state, step_metrics
 
@@ -316,8 +317,9 @@ def run_dafl(config: ml_collections.ConfigDict, spec: train.StageSpec,
       create_state, create_generator(config),
       train.create_model(config, spec.arch), g_tx, s_tx,
       image_size=config.dataset.image_size), out_shardings=par.replicated)
-  # As in train.py: key 0 initialises, step s uses fold_in(base, s + 1).
-  state = init_fn(jax.random.fold_in(base_key, 0))
+  # As in train.py: parameters from an 'rbg' key (XLA:CPU compiles
+  # threefry-based init far slower); step s uses fold_in(base, s + 1).
+  state = init_fn(jax.random.key(config.seed, impl='rbg'))
 
   ckpts = checkpointing.StageCheckpoints(stage_dir,
                                          config.max_checkpoints_to_keep)
@@ -370,7 +372,7 @@ def run_dafl(config: ml_collections.ConfigDict, spec: train.StageSpec,
   ckpts.close()
   result = train.stage_result(loop, outcome, par, arch=spec.arch,
                               frozen_accuracy=teacher_accuracy)
-  result['dafl'] = dcfg.to_dict()
+  result['dafl'] = json.loads(dcfg.to_json())
   writer.flush()
   train.write_result(stage_dir, result)
   return result

@@ -23,6 +23,7 @@ by KD (temperature 3) and score it on the real test split.
 """
 
 import functools
+import json
 import os
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -247,6 +248,25 @@ class Inverter:
                teacher_vars: Any, image_shape: Sequence[int],
                num_classes: int, par: parallel_lib.Parallel,
                student: nn.Module | None = None, student_vars: Any = None):
+    """Compiles the step for one teacher (and competitor, if any).
+
+    Args:
+      dicfg: config.deepinversion.
+      teacher: the frozen teacher.
+      teacher_vars: its variables, on the devices.
+      image_shape: (H, W, C) of one image.
+      num_classes: the targets cycle through 0..num_classes-1.
+      par: devices; the step is jitted over the global batch (sharded
+        along the batch axis).
+      student: the ADI competitor when dicfg.cig_scale > 0.
+      student_vars: its variables, on the devices.
+
+    Raises:
+      ValueError: bad settings, or a teacher without BatchNorm.
+    """
+    if dicfg.cig_scale and student is None:
+      raise ValueError('deepinversion.cig_scale > 0 needs a competitor '
+                       'student.')
     if dicfg.iterations < 1:
       raise ValueError(f'deepinversion.iterations must be >= 1; got '
                        f'{dicfg.iterations}.')
@@ -437,6 +457,11 @@ def write_comparison(grids: Mapping[str, str], out_path: str,
   return out_path
 
 
+def _init_key(seed: int, purpose: int) -> jax.Array:
+  # 'rbg', as train.py: threefry-based init compiles far slower on XLA:CPU.
+  return jax.random.fold_in(jax.random.key(seed, impl='rbg'), purpose)
+
+
 def _batch_key(base_key: jax.Array, index: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(base_key, _BATCH_KEY), index)
 
@@ -506,7 +531,8 @@ def _distil(config: ml_collections.ConfigDict, spec: train.StageSpec,
   state = jax.jit(
       lambda key: state_lib.create_train_state(
           model.init(key, jnp.zeros(shape, jnp.float32), train=False), tx),
-      out_shardings=par.replicated)(jax.random.fold_in(base_key, 0))
+      out_shardings=par.replicated)(
+          _init_key(config.seed, _KD_KEY))
   ckpts = checkpointing.StageCheckpoints(kd_dir,
                                          config.max_checkpoints_to_keep)
   meta = train.initial_meta(kd_spec, arch, config)
@@ -604,10 +630,10 @@ def run_deepinversion(config: ml_collections.ConfigDict,
   if dicfg.cig_scale:
     # Upstream's competitor is its untrained ResNet-18 (eval mode).
     student = train.create_model(config, dicfg.kd_student_arch)
-    student_vars = par.replicate(student.init(
-        jax.random.fold_in(base_key, _COMPETITOR_KEY),
-        jnp.zeros((1, size, size, 3)),
-        train=False))
+    student_vars = par.replicate(jax.jit(functools.partial(
+        student.init, train=False))(
+            _init_key(config.seed, _COMPETITOR_KEY),
+            jnp.zeros((1, size, size, 3))))
   inverter = Inverter(dicfg, teacher, teacher_vars, (size, size, 3),
                       num_classes, par, student, student_vars)
   mean, std = normalization(config.dataset)
@@ -630,6 +656,9 @@ def run_deepinversion(config: ml_collections.ConfigDict,
              **{f'curve_{k}': v for k, v in curves.items()})
     os.replace(tmp, images_path)
     seconds = time.perf_counter() - start
+    if train.preemption_requested():
+      # The batch is saved; a rerun picks up from here.
+      return {'status': 'preempted', 'step': 0}
   save_png(os.path.join(stage_dir, GRID_FILE),
            image_grid(to_pixels(images, mean, std), num_classes))
   bad = np.flatnonzero(~np.isfinite(curves['loss']))
@@ -661,7 +690,7 @@ def run_deepinversion(config: ml_collections.ConfigDict,
       'best': kd['best'] if kd else None,
       'best_epoch': kd['best_epoch'] if kd else None,
       'last': kd['last'] if kd else None,
-      'kd': kd, 'deepinversion': dicfg.to_dict(),
+      'kd': kd, 'deepinversion': json.loads(dicfg.to_json()),
       'devices': par.device_count, 'parallelism': par.kind,
   }
   if bad.size:

@@ -1,0 +1,480 @@
+"""Every table and ablation of the paper as runs of the main command.
+
+  python -m nasty_jax.experiments list                  # all entries
+  python -m nasty_jax.experiments run cifar10_table1 --workdir DIR
+  python -m nasty_jax.experiments report cifar10_table1 --workdir DIR
+
+Entries are data: runs (config file, argument, `--config.x=y` overrides,
+a folder) and the tables and figures drawn from their results.json files;
+no training code. Runs with the same name share one folder per seed, so
+e.g. Figure 4 reuses Table 1's teachers. The paper's numbers sit in the
+cells; None where no stored copy of the paper could be read (reported as
+n/a): Table 6 comes from DATAFREE.md §3, two CIFAR-100 teacher accuracies
+from the first author's reply in VITA-Group/Nasty-Teacher issue #13.
+
+CIFAR-10/100 read TFDS's prepared `cifar10` / `cifar100` and Tiny-ImageNet
+a prepared `tiny_imagenet` (`python -m nasty_jax.data.prepare NAME`, once,
+into the default TFDS data dir; add `--config.dataset.data_dir` overrides
+here to use another). `cifar10_table1_short` reads the real CIFAR-10 JPEGs
+unpacked to /tmp/cifar10_jpeg (see its note).
+
+Ablations follow §4.3's setting as this registry assumes it: the CIFAR-10
+ResNet-18 teacher with the CNN and ResNetC-20 students, and, for ω and τ_S,
+the CIFAR-100 ResNet-18 teacher with ShuffleNetV2 and MobileNetV2.
+"""
+
+from configs import digits
+from nasty_jax.experiments import Cell
+from nasty_jax.experiments import Entry
+from nasty_jax.experiments import Panel
+from nasty_jax.experiments import Plot
+from nasty_jax.experiments import Run
+from nasty_jax.experiments import Series
+from nasty_jax.experiments import StageRef
+from nasty_jax.experiments import Table
+
+C10 = 'configs/cifar10.py'
+C100 = 'configs/cifar100.py'
+TINY = 'configs/tinyimagenet.py'
+DIGITS = 'configs/digits.py'
+
+NAMES = {
+    'net': 'CNN', 'mlp': 'MLP', 'preresnet20': 'ResNetC-20',
+    'preresnet32': 'ResNetC-32', 'resnet18': 'ResNet-18',
+    'resnet34': 'ResNet-34', 'resnet50': 'ResNet-50',
+    'resnext29': 'ResNeXt-29', 'shufflenetv2': 'ShuffleNetV2',
+    'mobilenetv2': 'MobileNetV2',
+}
+
+
+def _label(arch: str) -> str:
+  return NAMES.get(arch, arch)
+
+
+def student_table(title: str, teacher_run: str, student_run: str,
+                  teacher: str, archs: tuple[str, ...],
+                  paper: dict[str, float] | None = None,
+                  note: str = '') -> Table:
+  """Tables 1-3's layout: baseline, KD from the normal and nasty teacher.
+
+  Args:
+    title: the table's heading.
+    teacher_run: the run holding the `normal` and `nasty` teachers.
+    student_run: the run holding the students' stages.
+    teacher: the teacher's architecture.
+    archs: student columns (the teacher's own arch: "Teacher Self").
+    paper: the paper's numbers by key ('normal', 'kd_nasty/net', ...).
+    note: printed under the heading.
+  """
+  paper = paper or {}
+
+  def cell(run, key, versus=None):
+    return Cell(run, key, paper.get(key), versus)
+
+  baselines = [cell(student_run, f'baseline/{a}') for a in archs]
+  normal = cell(teacher_run, 'normal')
+  columns = ('Teacher',) + tuple(
+      'Teacher Self' if a == teacher else _label(a) for a in archs)
+  rows = [('Student baseline', (None, *baselines)),
+          (f'{_label(teacher)} (normal)',
+           (normal, *[cell(student_run, f'kd_normal/{a}', b)
+                      for a, b in zip(archs, baselines)])),
+          (f'{_label(teacher)} (nasty)',
+           (cell(teacher_run, 'nasty', normal),
+            *[cell(student_run, f'kd_nasty/{a}', b)
+              for a, b in zip(archs, baselines)]))]
+  return Table(title, columns, tuple(rows), note)
+
+
+def self_stages(arch: str) -> str:
+  """The stages of a "Teacher Self" column: the teacher as its student."""
+  return f'normal,nasty,baseline/{arch},kd_normal/{arch},kd_nasty/{arch}'
+
+
+def teacher_self_table(title: str, runs: dict[str, str],
+                       paper: dict[str, dict[str, float]]) -> Table:
+  """"Teacher Self": each teacher distilled into its own architecture."""
+  rows = []
+  for arch, run in runs.items():
+    numbers = paper.get(arch, {})
+    normal = Cell(run, 'normal', numbers.get('normal'))
+    baseline = Cell(run, f'baseline/{arch}', numbers.get('baseline'))
+    rows.append((_label(arch), (
+        normal, Cell(run, 'nasty', numbers.get('nasty'), normal), baseline,
+        Cell(run, f'kd_normal/{arch}', numbers.get('kd_normal'), baseline),
+        Cell(run, f'kd_nasty/{arch}', numbers.get('kd_nasty'), baseline))))
+  return Table(title, ('Teacher (normal)', 'Teacher (nasty)',
+                       'Student baseline', 'KD from normal',
+                       'KD from nasty'), tuple(rows))
+
+
+def pipeline_entry(name: str, title: str, config: str, teacher: str,
+                   archs: tuple[str, ...], *, run_name: str,
+                   overrides: tuple = (), paper=None, note: str = ''
+                   ) -> Entry:
+  """One teacher's whole pipeline (a row group of Tables 1-3)."""
+  run = Run(run_name, config, teacher, overrides)
+  return Entry(name, title, (run,), (
+      student_table(title, run_name, run_name, teacher, archs, paper),),
+               note=note)
+
+
+# Sweeps (Figures 3-5). `kind` decides what the shared base run provides
+# and what each point's run trains:
+#   'nasty':   base = normal teacher, baselines, KD from normal; each point
+#              trains its own nasty teacher and KD-from-nasty students.
+#   'student': base = both teachers and the baselines; each point trains
+#              KD-from-normal and KD-from-nasty students.
+#   'data':    base = both teachers; each point trains every student.
+# The base run also provides the point at the config's own value
+# (`base_value`), so that point is not trained twice.
+_SWEEP_BASE = {'nasty': ('normal', 'baseline', 'kd_normal'),
+               'student': ('normal', 'nasty', 'baseline'),
+               'data': ('normal', 'nasty')}
+_SWEEP_POINT = {'nasty': ('nasty', 'kd_nasty'),
+                'student': ('kd_normal', 'kd_nasty'),
+                'data': ('baseline', 'kd_normal', 'kd_nasty')}
+_ROLE_LABELS = {'baseline': 'alone', 'kd_normal': 'KD from normal',
+                'kd_nasty': 'KD from nasty'}
+
+
+def _stage_list(groups, archs) -> str:
+  """Stage selectors: teachers as they are, student roles per arch."""
+  out = []
+  for group in groups:
+    out += [group] if group in ('normal', 'nasty') else [
+        f'{group}/{a}' for a in archs]
+  return ','.join(out)
+
+
+def sweep_entry(name: str, title: str, *, kind: str, base: Run,
+                archs: tuple[str, ...], key: str, values: tuple[float, ...],
+                base_value: float, xlabel: str, log_x: bool = False,
+                scale: float = 1.0, note: str = '') -> Entry:
+  """An ablation: one run per value of config field `key`.
+
+  Args:
+    name: the entry's name.
+    title: the figure it reproduces.
+    kind: 'nasty', 'student' or 'data' (see above).
+    base: the shared run (its stages are set here).
+    archs: the students plotted.
+    key: the swept config field.
+    values: its other values, each trained by its own run.
+    base_value: the base run's value of `key` (plotted value units).
+    xlabel: the x axis.
+    log_x: a logarithmic x axis.
+    scale: config value = plotted value * scale (percent -> fraction).
+    note: the entry's note.
+  """
+  if base_value in values:
+    raise ValueError(f'{name}: {base_value} is the base run\'s own value.')
+  base = Run(base.name, base.config, base.arg, base.overrides,
+             _stage_list(_SWEEP_BASE[kind] + _SWEEP_POINT[kind], archs))
+  shared = [('teacher.checkpoint', StageRef(base.name, 'normal'))]
+  if kind != 'nasty':
+    shared.append(('nasty.checkpoint', StageRef(base.name, 'nasty')))
+  short = key.rsplit('.', 1)[-1]
+  points = {v: Run(f'{base.name}_{short}{v:g}', base.config, base.arg,
+                   base.overrides + tuple(shared) + (
+                       (key, f'{v * scale:g}'),
+                       ('students.archs', '+'.join(archs))),
+                   ','.join(_SWEEP_POINT[kind])) for v in values}
+  xs = tuple(sorted(values + (base_value,)))
+  sources = [points[x].name if x in points else base.name for x in xs]
+  normal = Cell(base.name, 'normal')
+  baseline = {a: Cell(base.name, f'baseline/{a}') for a in archs}
+  panels, columns, rows = [], [], [[] for _ in xs]
+
+  def add_column(label, cells):
+    columns.append(label)
+    for row, cell in zip(rows, cells):
+      row.append(cell)
+
+  if kind == 'nasty':
+    nasty = tuple(Cell(s, 'nasty', versus=normal) for s in sources)
+    panels.append(Panel('Teacher', (Series('nasty teacher', nasty),),
+                        (('normal teacher', normal),)))
+    add_column('Teacher (nasty)', nasty)
+  roles = [r for r in _SWEEP_POINT[kind] if r in _ROLE_LABELS]
+  for arch in archs:
+    series = []
+    for role in roles:
+      versus = None if role == 'baseline' else baseline[arch]
+      cells = tuple(Cell(s, f'{role}/{arch}', versus=versus)
+                    for s in sources)
+      series.append(Series(_ROLE_LABELS[role], cells))
+      add_column(f'{_label(arch)} {_ROLE_LABELS[role]}', cells)
+    references = () if kind == 'data' else (('alone', baseline[arch]),)
+    if kind == 'nasty':
+      references += (('KD from normal', Cell(
+          base.name, f'kd_normal/{arch}', versus=baseline[arch])),)
+    panels.append(Panel(f'Student {_label(arch)}', tuple(series),
+                        references))
+  labels = [f'{xlabel} = {x:g}' + (' (base run)' if s == base.name else '')
+            for x, s in zip(xs, sources)]
+  table_rows = [(label, tuple(cells)) for label, cells in zip(labels, rows)]
+  if kind != 'data':
+    # The base run's references under the same columns.
+    alone = [None] if kind == 'nasty' else []
+    for arch in archs:
+      alone += [baseline[arch]] * len(roles)
+    table_rows.append(('student alone (base run)', tuple(alone)))
+  if kind == 'nasty':
+    table_rows.append(('normal teacher, KD from normal (base run)', (
+        normal, *[Cell(base.name, f'kd_normal/{a}', versus=baseline[a])
+                  for a in archs])))
+  table = Table(title, tuple(columns), tuple(table_rows),
+                f'Base run {base.name}: the shared teachers and baselines.')
+  plot = Plot('figure', title, xlabel, xs, tuple(panels), log_x)
+  return Entry(name, title, (base, *points.values()), (table,), (plot,),
+               note)
+
+
+# --- Tables 1-3: the main results. -----------------------------------------
+
+# The paper's numbers that could be read (see the module docstring).
+_PAPER_C100 = {'resnet18': {'normal': 77.44}, 'resnet50': {'normal': 78.12}}
+
+_C10_STUDENTS = ('net', 'preresnet20', 'preresnet32', 'resnet18')
+_HUB_STUDENTS = {
+    'resnet18': ('shufflenetv2', 'mobilenetv2', 'resnet18'),
+    'resnet50': ('shufflenetv2', 'mobilenetv2', 'resnet18', 'resnet50'),
+    'resnext29': ('shufflenetv2', 'mobilenetv2', 'resnet18', 'resnext29'),
+}
+_TEACHERS = tuple(_HUB_STUDENTS)
+
+_FULL_SCHEDULE = ('The reference schedule of the config file (SPEC §4), '
+                  'seeds as given to `run`.')
+
+ENTRIES = [
+    pipeline_entry('cifar10_table1', 'Table 1: CIFAR-10, ResNet-18 teacher',
+                   C10, 'resnet18', _C10_STUDENTS, run_name='cifar10/resnet18',
+                   note=_FULL_SCHEDULE + ' ω = 0.04 as the reference code '
+                   '(the paper text says 0.004, SPEC §8.1).'),
+]
+for _t in _TEACHERS:
+  ENTRIES.append(pipeline_entry(
+      f'cifar100_table2_{_t}', f'Table 2: CIFAR-100, {_label(_t)} teacher',
+      C100, _t, _HUB_STUDENTS[_t], run_name=f'cifar100/{_t}',
+      paper=_PAPER_C100.get(_t), note=_FULL_SCHEDULE + (
+          ' The reference nasty ResNet-50 goes NaN (its issue #17); the '
+          'stage then stops and reports its last good epoch.'
+          if _t == 'resnet50' else '')))
+for _t in _TEACHERS:
+  ENTRIES.append(pipeline_entry(
+      f'tinyimagenet_table3_{_t}',
+      f'Table 3: Tiny-ImageNet, {_label(_t)} teacher', TINY, _t,
+      _HUB_STUDENTS[_t], run_name=f'tinyimagenet/{_t}', note=_FULL_SCHEDULE))
+
+for _dataset, _config, _title in (('cifar100', C100, 'CIFAR-100'),
+                                  ('tinyimagenet', TINY, 'Tiny-ImageNet')):
+  _runs = {t: f'{_dataset}/{t}' for t in _TEACHERS}
+  ENTRIES.append(Entry(
+      f'{_dataset}_teacher_self',
+      f'Teacher Self ({_title}): each teacher distilled into its own '
+      'architecture',
+      tuple(Run(r, _config, t, stages=self_stages(t))
+            for t, r in _runs.items()),
+      (teacher_self_table(f'Teacher Self, {_title}', _runs,
+                          _PAPER_C100 if _dataset == 'cifar100' else {}),),
+      note=_FULL_SCHEDULE + ' Shares its runs with Table 2/3.'))
+
+# --- Table 4: the adversarial network. -------------------------------------
+
+
+def _adversary_entry() -> Entry:
+  base = 'cifar10/resnet18'
+  adversaries = {
+      'net': StageRef(base, 'baseline/net'),  # The CNN trained alone.
+      'resnext29': StageRef('cifar10/resnext29', 'normal'),
+  }
+  runs = [Run(base, C10, 'resnet18'),
+          Run('cifar10/resnext29', C10, 'resnext29', stages='normal')]
+  for arch, ref in adversaries.items():
+    runs.append(Run(
+        f'{base}_adv-{arch}', C10, 'resnet18',
+        (('teacher.checkpoint', StageRef(base, 'normal')),
+         ('nasty.adversary_arch', arch), ('nasty.adversary_checkpoint', ref)),
+        'nasty,kd_nasty'))
+  normal = Cell(base, 'normal')
+  baselines = [Cell(base, f'baseline/{a}') for a in _C10_STUDENTS]
+  rows = [('Student baseline', (None, *baselines)),
+          ('ResNet-18 (normal)', (normal, *[
+              Cell(base, f'kd_normal/{a}', versus=b)
+              for a, b in zip(_C10_STUDENTS, baselines)]))]
+  for arch, run in (('resnet18', base), ('net', f'{base}_adv-net'),
+                    ('resnext29', f'{base}_adv-resnext29')):
+    rows.append((f'ResNet-18 (nasty), adversary {_label(arch)}', (
+        Cell(run, 'nasty', versus=normal), *[
+            Cell(run, f'kd_nasty/{a}', versus=b)
+            for a, b in zip(_C10_STUDENTS, baselines)])))
+  title = 'Table 4: the adversarial network (CIFAR-10, ResNet-18 teacher)'
+  return Entry(
+      'cifar10_table4', title, tuple(runs),
+      (Table(title, ('Teacher',) + tuple(_label(a) for a in _C10_STUDENTS),
+             tuple(rows)),),
+      note=_FULL_SCHEDULE + ' The CNN adversary is Table 1\'s CNN trained '
+      'alone; the ResNeXt-29 adversary a normally trained ResNeXt-29 '
+      '(the reference\'s CIFAR10/baseline/resnext29 schedule).')
+
+
+ENTRIES.append(_adversary_entry())
+
+# --- Table 5: students larger than the teacher. ----------------------------
+
+
+def _large_students_entry() -> Entry:
+  runs, tables = [], []
+  for dataset, config, title in (('cifar10', C10, 'CIFAR-10'),
+                                 ('cifar100', C100, 'CIFAR-100')):
+    base = f'{dataset}/resnet18'
+    students = f'{base}_large-students'
+    archs = ('resnet50', 'resnext29')
+    runs += [Run(base, config, 'resnet18', stages='normal,nasty'),
+             Run(students, config, 'resnet18', (
+                 ('teacher.checkpoint', StageRef(base, 'normal')),
+                 ('nasty.checkpoint', StageRef(base, 'nasty')),
+                 ('students.archs', '+'.join(archs))), 'students')]
+    tables.append(student_table(f'{title}: ResNet-18 teacher', base,
+                                students, 'resnet18', archs))
+  return Entry('table5', 'Table 5: students larger than the teacher '
+               '(reversed KD)', tuple(runs), tuple(tables),
+               note=_FULL_SCHEDULE + ' Teachers shared with Tables 1 and 2.')
+
+
+ENTRIES.append(_large_students_entry())
+
+# --- Table 6: data-free KD (DAFL), and Figure 6 (DeepInversion). -----------
+
+_PAPER_TABLE6 = {
+    'cifar10': {'normal': 95.42, 'dafl/normal': 92.49, 'nasty': 94.54,
+                'dafl/nasty': 86.15},
+    'cifar100': {'normal': 76.97, 'dafl/normal': 71.06, 'nasty': 76.12,
+                 'dafl/nasty': 65.67},
+}
+for _dataset, _config, _title in (('cifar10', C10, 'CIFAR-10'),
+                                  ('cifar100', C100, 'CIFAR-100')):
+  _run = f'{_dataset}/resnet34'
+  _paper = _PAPER_TABLE6[_dataset]
+  _normal = Cell(_run, 'normal', _paper['normal'])
+  _dafl_normal = Cell(_run, 'dafl/normal', _paper['dafl/normal'])
+  ENTRIES.append(Entry(
+      f'{_dataset}_table6',
+      f'Table 6: data-free KD (DAFL) from ResNet-34, {_title}',
+      (Run(_run, _config, 'resnet34',
+           stages='normal,nasty,dafl,deepinversion'),),
+      (Table(f'Table 6 ({_title}): DAFL ResNet-18 student',
+             ('Teacher', 'DAFL ResNet-18'),
+             (('ResNet-34 (normal)', (_normal, _dafl_normal)),
+              ('ResNet-34 (nasty)', (
+                  Cell(_run, 'nasty', _paper['nasty'], _normal),
+                  Cell(_run, 'dafl/nasty', _paper['dafl/nasty'],
+                       _dafl_normal))))),),
+      note=_FULL_SCHEDULE + ' Stages dafl/normal and dafl/nasty (DAFL, '
+      'DATAFREE.md §1); deepinversion/normal and deepinversion/nasty draw '
+      'Figure 6 into the run folder (deepinversion/normal_vs_nasty.png).'))
+
+# --- Figures 3-5: ablations. -----------------------------------------------
+
+_C10_BASE = Run('cifar10/resnet18', C10, 'resnet18')
+_C100_BASE = Run('cifar100/resnet18', C100, 'resnet18')
+_C10_ABLATION = ('net', 'preresnet20')
+_C100_ABLATION = ('shufflenetv2', 'mobilenetv2')
+_FIG_SWEEPS = {
+    'fig3': ('Figure 3: the weight ω of the self-undermining term',
+             dict(kind='nasty', key='nasty.omega', xlabel='ω', log_x=True)),
+    'fig4': ('Figure 4: the students\' temperature τ_S',
+             dict(kind='student', key='students.temperature', xlabel='τ_S',
+                  log_x=True)),
+    'fig5a': ('Figure 5a: the KD weight α',
+              dict(kind='student', key='students.alpha', xlabel='α')),
+    'fig5b': ('Figure 5b: the percentage of training data for the students',
+              dict(kind='data', key='dataset.subset_percent',
+                   xlabel='% of training data', scale=0.01)),
+}
+_SUBSET_NOTE = (' Figure 5b: the teachers see all the data; the students '
+                '(alone and by KD) a fixed random subset (the reference\'s '
+                'subset rule, seed 230).')
+
+
+def ablation_entries(dataset: str, label: str, base: Run,
+                     archs: tuple[str, ...], note: str,
+                     **sweeps: tuple[tuple[float, ...], float]
+                     ) -> list[Entry]:
+  """Figures 3-5 of one setting: `fig3=(values, base value)`, ..."""
+  out = []
+  for fig, (values, base_value) in sweeps.items():
+    title, kwargs = _FIG_SWEEPS[fig]
+    out.append(sweep_entry(
+        f'{dataset}_{fig}', f'{title} ({label})', base=base, archs=archs,
+        values=values, base_value=base_value,
+        note=note + (_SUBSET_NOTE if fig == 'fig5b' else ''), **kwargs))
+  return out
+
+
+ENTRIES += ablation_entries(
+    'cifar10', 'CIFAR-10', Run('cifar10/resnet18', C10, 'resnet18'),
+    ('net', 'preresnet20'), _FULL_SCHEDULE,
+    fig3=((0.001, 0.004, 0.01, 0.02, 0.08), 0.04),
+    fig4=((1, 2, 8, 16, 20), 4), fig5a=((0.1, 0.3, 0.5, 0.7), 0.9),
+    fig5b=((10, 30, 50, 70, 90), 100))
+ENTRIES += ablation_entries(
+    'cifar100', 'CIFAR-100', Run('cifar100/resnet18', C100, 'resnet18'),
+    ('shufflenetv2', 'mobilenetv2'), _FULL_SCHEDULE,
+    fig3=((0.001, 0.002, 0.01, 0.02, 0.04), 0.005),
+    fig4=((1, 4, 10, 40), 20))
+
+# --- Runs that fit a 2-core CPU. ------------------------------------------
+
+# Real CIFAR-10 as JPEGs: python ../shared/data/cifar10_jpeg.py folder
+# /tmp/cifar10_jpeg (the first stage prepares /tmp/tfds from it).
+_CIFAR10_JPEG = (('dataset.name', 'image_folder'),
+                 ('dataset.manual_dir', '/tmp/cifar10_jpeg'),
+                 ('dataset.data_dir', '/tmp/tfds'))
+_CPU_SCHEDULE = (('dataset.subset_percent', '0.5'),
+                 ('students.archs', 'net+preresnet20'),
+                 ('optim.sgd.num_epochs', '4'),
+                 ('optim.sgd.milestones', '(2,3)'),
+                 ('optim.adam.num_epochs', '4'))
+ENTRIES.append(pipeline_entry(
+    'cifar10_table1_short', 'Table 1, shortened: real CIFAR-10 on a 2-core '
+    'CPU', C10, 'preresnet20', ('net', 'preresnet20'),
+    run_name='cifar10_short/preresnet20',
+    overrides=_CIFAR10_JPEG + _CPU_SCHEDULE,
+    note='A schedule cut to fit a 2-core CPU, not the paper\'s: a ResNetC-20 '
+    '(preresnet20) teacher instead of ResNet-18, students CNN and ResNetC-20 '
+    '(its "Teacher Self" column), half of the training set (25,000 images, '
+    'the reference\'s subset rule) for every stage, 4 epochs per stage: SGD '
+    '0.1 x0.1 before epochs 3 and 4 (160 epochs\' 80/120 scaled), CNN with '
+    'Adam 1e-3; batch 128, τ_A = τ_S = 4, ω = 0.04, α = 0.9; evaluated on '
+    'the whole 10,000-image test set. Data: the real CIFAR-10 JPEGs '
+    '(`python ../shared/data/cifar10_jpeg.py folder /tmp/cifar10_jpeg`).'))
+
+# The embedded digits (configs/digits.py: its teacher, student and
+# schedule), 3 seeds, each ablation well under an hour on a 2-core CPU. The
+# sweeps bracket the config's own ω, τ_S and α like the paper's; ω stays
+# below ~0.1, where the lead measured the teacher's training collapse.
+_DIGITS = digits.get_config()
+_DIGITS_STUDENTS = tuple(_DIGITS.students.archs.split('+'))
+_DIGITS_BASE = Run('digits/teacher', DIGITS, _DIGITS.teacher.arch)
+
+
+def _around(base: float, candidates) -> tuple[float, ...]:
+  return tuple(v for v in candidates if v != base)
+
+
+ENTRIES.append(pipeline_entry(
+    'digits_table1', 'Table 1 on the embedded digits', DIGITS,
+    _DIGITS.teacher.arch, _DIGITS_STUDENTS, run_name=_DIGITS_BASE.name,
+    note='configs/digits.py\'s schedule.'))
+ENTRIES += ablation_entries(
+    'digits', 'digits', _DIGITS_BASE, _DIGITS_STUDENTS,
+    'configs/digits.py\'s schedule.',
+    fig3=(_around(_DIGITS.nasty.omega, (0.01, 0.03, 0.06, 0.09)),
+          _DIGITS.nasty.omega),
+    fig4=(_around(_DIGITS.students.temperature, (1, 2, 4, 8, 16)),
+          _DIGITS.students.temperature),
+    fig5a=(_around(_DIGITS.students.alpha, (0.1, 0.3, 0.5, 0.7, 0.9)),
+           _DIGITS.students.alpha),
+    fig5b=((10, 30, 50, 70), 100))

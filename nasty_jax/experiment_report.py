@@ -1,0 +1,214 @@
+"""Markdown tables and figures of an experiment entry, over seeds.
+
+`write_report(entry, results, out_dir)` reads the numbers an entry's tables
+and plots name (`experiments.Cell`: a run's results.json key) for every
+seed, and writes `<entry>.md` (tables beside the paper's numbers, for the
+best and for the last epoch), `<entry>.json` (the same numbers with the
+per-seed values) and one PNG per plot, with mean ± standard deviation over
+seeds. Missing runs or stages leave their cells empty, so a partial report
+can be drawn while runs are going.
+"""
+
+import json
+import os
+from typing import Any, Mapping
+
+import matplotlib
+
+matplotlib.use('Agg')  # Files only; no display on servers and CI.
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import matplotlib.pyplot as plt
+import numpy as np
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+KINDS = ('best', 'last')
+TEACHERS = ('normal', 'nasty')
+STUDENT_ROLES = ('baseline', 'kd_normal', 'kd_nasty')
+# {run name: {seed: results.json}}.
+Results = Mapping[str, Mapping[int, Mapping[str, Any]]]
+
+
+def lookup(results: Mapping[str, Any], key: str, kind: str) -> float | None:
+  """Accuracy `key` ('normal', 'kd_nasty/net', 'dafl/nasty', ...) of kind
+  'best' or 'last' in one results.json, or None if it is not there."""
+  if key in TEACHERS:
+    found = results.get('teachers', {}).get(key)
+  else:
+    role, _, arch = key.partition('/')
+    if role in STUDENT_ROLES:
+      found = results.get('students', {}).get(arch, {}).get(role)
+    else:
+      found = results.get('stages', {}).get(key)
+  value = None if found is None else found.get(kind)
+  return None if value is None else float(value)
+
+
+def cell_values(cell, results: Results, kind: str) -> dict[int, float]:
+  """{seed: value} of a cell over the seeds its run has finished."""
+  out = {}
+  for seed, run_results in results.get(cell.run, {}).items():
+    value = lookup(run_results, cell.key, kind)
+    if value is not None:
+      out[seed] = value
+  return out
+
+
+def summarize(values: Mapping[int, float]) -> dict[str, Any]:
+  """Mean, sample standard deviation (ddof=1; 0 for one seed), count."""
+  array = np.asarray(list(values.values()), np.float64)
+  if not array.size:
+    return {'mean': None, 'std': None, 'n': 0, 'values': {}}
+  std = float(array.std(ddof=1)) if array.size > 1 else 0.0
+  return {'mean': float(array.mean()), 'std': std, 'n': int(array.size),
+          'values': {str(k): v for k, v in sorted(values.items())}}
+
+
+def _cell_summary(cell, results: Results, kind: str) -> dict[str, Any]:
+  summary = summarize(cell_values(cell, results, kind))
+  summary.update(run=cell.run, key=cell.key, paper=cell.paper, delta=None)
+  if cell.versus is not None and summary['mean'] is not None:
+    reference = summarize(cell_values(cell.versus, results, kind))
+    if reference['mean'] is not None:
+      summary['delta'] = summary['mean'] - reference['mean']
+  return summary
+
+
+def _format(summary: dict[str, Any], seeds: int, with_paper: bool) -> str:
+  if summary['mean'] is None:
+    text = '–'
+  else:
+    text = f'{summary["mean"]:.2f}'
+    if summary['n'] > 1:
+      text += f' ± {summary["std"]:.2f}'
+    if summary['delta'] is not None:
+      text += f' ({summary["delta"]:+.2f})'
+    if summary['n'] < seeds:
+      text += f' (n={summary["n"]})'
+  if with_paper:
+    paper = summary['paper']
+    text += ' · paper ' + ('n/a' if paper is None else f'{paper:.2f}')
+  return text
+
+
+def table_summaries(table, results: Results, kind: str
+                    ) -> list[tuple[str, list[dict[str, Any] | None]]]:
+  """Every row's cell summaries (None for an empty cell)."""
+  return [(label, [None if c is None else _cell_summary(c, results, kind)
+                   for c in cells]) for label, cells in table.rows]
+
+
+def table_markdown(table, rows, seeds: int, with_paper: bool) -> str:
+  """A markdown table from `table_summaries` rows."""
+  lines = ['| | ' + ' | '.join(table.columns) + ' |',
+           '|---' * (len(table.columns) + 1) + '|']
+  for label, cells in rows:
+    texts = ['' if s is None else _format(s, seeds, with_paper)
+             for s in cells]
+    lines.append(f'| {label} | ' + ' | '.join(texts) + ' |')
+  return '\n'.join(lines)
+
+
+def plot_png(plot, results: Results, path: str, kind: str = 'best') -> None:
+  """Draws an ablation figure: mean ± std error bars per series."""
+  n = len(plot.panels)
+  fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
+  xs = np.asarray(plot.xs, np.float64)
+  for ax, panel in zip(axes[0], plot.panels):
+    for series in panel.series:
+      stats = [summarize(cell_values(c, results, kind)) for c in series.cells]
+      keep = [i for i, s in enumerate(stats) if s['mean'] is not None]
+      if keep:
+        ax.errorbar(xs[keep], [stats[i]['mean'] for i in keep],
+                    yerr=[stats[i]['std'] for i in keep], marker='o',
+                    markersize=4, capsize=3, label=series.label)
+    for label, cell in panel.references:
+      stats = summarize(cell_values(cell, results, kind))
+      if stats['mean'] is None:
+        continue
+      line = ax.axhline(stats['mean'], linestyle='--', linewidth=1,
+                        label=label)
+      ax.axhspan(stats['mean'] - stats['std'], stats['mean'] + stats['std'],
+                 color=line.get_color(), alpha=0.12, linewidth=0)
+    if plot.log_x:
+      ax.set_xscale('log')
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f'{x:g}' for x in xs], fontsize=7)
+    ax.set_title(panel.title, fontsize=9)
+    ax.set_xlabel(plot.xlabel, fontsize=8)
+    ax.set_ylabel(f'test accuracy (%, {kind} epoch)', fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=6)
+  fig.suptitle(plot.title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def _seed_counts(entry, results: Results) -> dict[str, list[int]]:
+  return {run.name: sorted(results.get(run.name, {})) for run in entry.runs}
+
+
+def write_report(entry, results: Results, out_dir: str) -> list[str]:
+  """Writes `<name>.md`, `<name>.json` and `<name>_<plot>.png`.
+
+  Args:
+    entry: an `experiments.Entry`.
+    results: {run name: {seed: results.json}} (`experiments.gather_results`).
+    out_dir: the output folder (created if needed).
+
+  Returns:
+    The paths written.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  seeds = _seed_counts(entry, results)
+  max_seeds = max([len(s) for s in seeds.values()] + [0])
+  parts = [f'# {entry.title}', '']
+  if entry.note:
+    parts += [entry.note, '']
+  parts += [
+      'Test accuracy (%): mean ± sample standard deviation over seeds '
+      f'(up to {max_seeds}; fewer are marked n=). In parentheses: the change '
+      'of the mean against its reference (a student against the same '
+      'student trained alone, the nasty teacher against the normal one). '
+      '"paper": the number the paper reports (best epoch); n/a where it '
+      'could not be read.', '']
+  record = {'entry': entry.name, 'title': entry.title, 'note': entry.note,
+            'seeds': seeds, 'tables': [], 'plots': []}
+  for table in entry.tables:
+    for kind in KINDS:
+      rows = table_summaries(table, results, kind)
+      heading = ('best epoch (what the paper reports)' if kind == 'best'
+                 else 'last epoch')
+      parts += [f'## {table.title}: {heading}', '']
+      if table.note:
+        parts += [table.note, '']
+      with_paper = kind == 'best' and any(
+          c is not None and c.paper is not None
+          for _, cells in table.rows for c in cells)
+      if kind == 'best' and not with_paper:
+        parts += ['The paper\'s numbers for this table: n/a (not read).', '']
+      parts += [table_markdown(table, rows, max_seeds, with_paper), '']
+      record['tables'].append({
+          'title': table.title, 'kind': kind, 'columns': list(table.columns),
+          'rows': [{'label': label, 'cells': cells} for label, cells in rows]})
+  written = []
+  for plot in entry.plots:
+    name = f'{entry.name}_{plot.name}.png'
+    path = os.path.join(out_dir, name)
+    plot_png(plot, results, path)
+    written.append(path)
+    record['plots'].append(name)
+    parts += [f'## {plot.title}', '', f'![{plot.title}]({name})', '']
+  parts += ['## Seeds per run', '', '| run | seeds |', '|---|---|']
+  parts += [f'| {run} | {", ".join(map(str, s)) or "none"} |'
+            for run, s in seeds.items()]
+  md_path = os.path.join(out_dir, f'{entry.name}.md')
+  with open(md_path, 'w') as f:
+    f.write('\n'.join(parts) + '\n')
+  json_path = os.path.join(out_dir, f'{entry.name}.json')
+  with open(json_path, 'w') as f:
+    json.dump(record, f, indent=1)
+  return [md_path, json_path] + written
+

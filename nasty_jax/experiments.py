@@ -1,0 +1,470 @@
+"""The paper's tables and ablations as runnable experiments.
+
+  python -m nasty_jax.experiments list [NAME]
+  python -m nasty_jax.experiments run NAME --workdir DIR [--seeds 0,1,2]
+  python -m nasty_jax.experiments report NAME --workdir DIR [--out DIR]
+
+An entry (`experiments/registry.py`) is a list of runs of the main command
+plus the tables and figures its report draws. A run is a config file, its
+argument and `--config.x=y` overrides; its folder `DIR/<run name>/seed<S>`
+is shared by every entry that names the run, so Table 4 or Figure 4 reuse
+the teachers Table 1 trained. An override may point at a stage folder of
+another run of the same seed (`StageRef`), e.g. a shared normal teacher
+given as `teacher.checkpoint`.
+
+`run` executes each run in process through `pipeline.run`, seed by seed in
+dependency order; finished stages are skipped and a killed stage resumes
+(the pipeline's behaviour), and a run whose selected stages are all done is
+not even opened. `report` (`experiment_report.py`) gathers the runs'
+results.json files into markdown tables beside the paper's numbers and
+draws the ablation figures. `list` prints every run as the equivalent
+`python -m nasty_jax.main` command line.
+"""
+
+import dataclasses
+import importlib
+import json
+import os
+import shlex
+import sys
+from typing import Any, Iterable, Sequence
+
+import jax
+import ml_collections
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from nasty_jax import experiment_report
+from nasty_jax import pipeline
+from nasty_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REGISTRY_MODULE = 'experiments.registry'
+RESULTS_FILE = 'results.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRef:
+  """The folder of stage `stage` of run `run`, same seed: a checkpoint."""
+  run: str
+  stage: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One invocation of the main command (one folder per seed).
+
+  Attributes:
+    name: folder under the workdir; entries naming the same run share it
+      and must define it identically (stages aside).
+    config: config file, relative to the repository root.
+    arg: the config argument (the text after ':').
+    overrides: `(dotted key, value)` pairs, as `--config.key=value`; a
+      `StageRef` value becomes that stage's folder.
+    stages: `config.stages`: what this entry needs of the run.
+  """
+  name: str
+  config: str
+  arg: str = ''
+  overrides: tuple[tuple[str, str | StageRef], ...] = ()
+  stages: str = 'all'
+
+  @property
+  def refs(self) -> tuple[StageRef, ...]:
+    return tuple(v for _, v in self.overrides if isinstance(v, StageRef))
+
+  @property
+  def identity(self) -> tuple[Any, ...]:
+    """What must agree between entries sharing the run's folder."""
+    return (self.config, self.arg, self.overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One number of a report: `key` of run `run`'s results.json.
+
+  Attributes:
+    run: the run's name.
+    key: 'normal' / 'nasty' (teacher accuracy), '<role>/<arch>' (a student:
+      baseline, kd_normal, kd_nasty), or any stage name ('dafl/nasty').
+    paper: the paper's number (None: not available).
+    versus: the cell this one's change is measured against (a student
+      against its baseline, the nasty teacher against the normal one).
+  """
+  run: str
+  key: str
+  paper: float | None = None
+  versus: 'Cell | None' = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """A markdown table: labelled rows of cells (None: an empty cell)."""
+  title: str
+  columns: tuple[str, ...]
+  rows: tuple[tuple[str, tuple[Cell | None, ...]], ...]
+  note: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+  """A line of a plot panel: one cell per x value."""
+  label: str
+  cells: tuple[Cell, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+  """One axes: series over x, and horizontal reference lines."""
+  title: str
+  series: tuple[Series, ...]
+  references: tuple[tuple[str, Cell], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Plot:
+  """An ablation figure (PNG): panels side by side sharing the x values."""
+  name: str
+  title: str
+  xlabel: str
+  xs: tuple[float, ...]
+  panels: tuple[Panel, ...]
+  log_x: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """A table row group or ablation of the paper.
+
+  Attributes:
+    name: what `run NAME` / `report NAME` take.
+    title: the paper's table or figure it reproduces.
+    runs: the runs, in dependency order.
+    tables: what `report` tabulates.
+    plots: what `report` draws.
+    note: the schedule and anything that differs from the paper.
+  """
+  name: str
+  title: str
+  runs: tuple[Run, ...]
+  tables: tuple[Table, ...] = ()
+  plots: tuple[Plot, ...] = ()
+  note: str = ''
+
+  def cells(self) -> Iterable[Cell]:
+    for table in self.tables:
+      for _, cells in table.rows:
+        yield from (c for c in cells if c is not None)
+    for plot in self.plots:
+      for panel in plot.panels:
+        for series in panel.series:
+          yield from series.cells
+        yield from (cell for _, cell in panel.references)
+
+
+def load_registry(module: str = REGISTRY_MODULE) -> dict[str, Entry]:
+  """Every entry of the registry module (its `ENTRIES`), by name."""
+  if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+  entries = importlib.import_module(module).ENTRIES
+  return {entry.name: entry for entry in entries}
+
+
+def get_entry(name: str, registry: dict[str, Entry]) -> Entry:
+  """The entry `name`; raises listing the valid names."""
+  if name not in registry:
+    raise ValueError(f'Unknown experiment {name!r}. Valid: '
+                     f'{", ".join(sorted(registry))}.')
+  return registry[name]
+
+
+def run_dir(workdir: str, run_name: str, seed: int) -> str:
+  """Where a run's stages and results.json go for one seed."""
+  return os.path.join(workdir, run_name, f'seed{seed}')
+
+
+def flag_overrides(run: Run, workdir: str, seed: int) -> list[str]:
+  """The run's `--config.key=value` flags for one seed (refs resolved)."""
+  out = [f'--config.seed={seed}']
+  for key, value in run.overrides:
+    if isinstance(value, StageRef):
+      value = os.path.join(run_dir(workdir, value.run, seed), value.stage)
+    out.append(f'--config.{key}={value}')
+  if run.stages != 'all':
+    out.append(f'--config.stages={run.stages}')
+  return out
+
+
+def config_flag(run: Run) -> str:
+  path = run.config + (f':{run.arg}' if run.arg else '')
+  return f'--config={path}'
+
+
+def load_config(config_arg: str, overrides: Sequence[str] = ()
+                ) -> ml_collections.ConfigDict:
+  """A config exactly as the main command builds it from its flags.
+
+  Args:
+    config_arg: `path[:arg]`; a relative path is taken from the repository
+      root.
+    overrides: `--config.key=value` flags.
+
+  Returns:
+    The locked config.
+
+  Raises:
+    ValueError: a missing config file, an unknown key or a bad value.
+  """
+  path, sep, arg = config_arg.partition(':')
+  if not os.path.isabs(path):
+    path = os.path.join(REPO, path)
+  if not os.path.exists(path):
+    raise ValueError(f'No config file {path}; config files live in '
+                     f'{os.path.join(REPO, "configs")}.')
+  if REPO not in sys.path:
+    sys.path.insert(0, REPO)  # Config files import `configs.common`.
+  argv = ['experiments', f'--config={path}{sep}{arg}', *overrides]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  try:
+    flag_values(argv)
+  except (AttributeError, KeyError, flags.Error) as e:
+    raise ValueError(f'Bad override for {config_arg} in {overrides}: '
+                     f'{e!r}.') from None
+  config = flag_values.config
+  if not isinstance(config, ml_collections.ConfigDict):
+    # config_flags defers a failed load to the first attribute access.
+    try:
+      config.seed  # pylint: disable=pointless-statement
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f'Cannot load {config_arg}: {e}') from e
+  return config
+
+
+def run_config(run: Run, workdir: str, seed: int
+               ) -> ml_collections.ConfigDict:
+  """The config of `run` for `seed`, stage references resolved."""
+  return load_config(config_flag(run)[len('--config='):],
+                     flag_overrides(run, workdir, seed))
+
+
+def command(run: Run, workdir: str, seed: int) -> str:
+  """The main command line equivalent to running `run` for `seed`."""
+  args = ['python', '-m', 'nasty_jax.main', config_flag(run),
+          *flag_overrides(run, workdir, seed),
+          f'--workdir={run_dir(workdir, run.name, seed)}']
+  return ' '.join(shlex.quote(a) for a in args)
+
+
+def check_entry(entry: Entry, workdir: str = 'DIR') -> None:
+  """Loads every run's config and checks the entry hangs together.
+
+  Raises:
+    ValueError: a run that is defined twice, a reference to a run that
+      comes later or not at all, a referenced stage the referenced run does
+      not select, a report cell naming an unknown run, or a config that does
+      not load.
+  """
+  runs, selected = {}, {}
+  for run in entry.runs:
+    if run.name in runs:
+      raise ValueError(f'{entry.name}: run {run.name!r} is listed twice.')
+    for ref in run.refs:
+      if ref.run not in selected:
+        raise ValueError(
+            f'{entry.name}: run {run.name!r} reads {ref.run!r}, which is '
+            'not listed before it.')
+      if ref.stage not in selected[ref.run]:
+        raise ValueError(
+            f'{entry.name}: run {run.name!r} reads stage {ref.stage!r} of '
+            f'{ref.run!r}, which selects only {sorted(selected[ref.run])}.')
+    config = run_config(run, workdir, 0)
+    stages = pipeline.plan(config, run_dir(workdir, run.name, 0))
+    selected[run.name] = {s.spec.name
+                          for s in pipeline.select(stages, config.stages)}
+    runs[run.name] = run
+  for cell in entry.cells():
+    if cell.run not in runs:
+      raise ValueError(f'{entry.name}: a report cell reads run {cell.run!r}, '
+                       f'which the entry does not list.')
+
+
+def check_registry(registry: dict[str, Entry]) -> None:
+  """`check_entry` for every entry, and shared runs defined identically.
+
+  Raises:
+    ValueError: see `check_entry`; or two entries that define one run
+      folder differently.
+  """
+  seen = {}
+  for entry in registry.values():
+    check_entry(entry)
+    for run in entry.runs:
+      other = seen.setdefault(run.name, (entry.name, run))
+      if other[1].identity != run.identity:
+        raise ValueError(
+            f'Run {run.name!r} differs between {other[0]} and {entry.name}: '
+            f'{other[1].identity} vs {run.identity}. A shared folder needs '
+            'one definition.')
+
+
+def _selected_done(config: ml_collections.ConfigDict, directory: str) -> bool:
+  """Whether results.json exists and every selected stage is complete."""
+  if not os.path.exists(os.path.join(directory, RESULTS_FILE)):
+    return False
+  stages = pipeline.select(pipeline.plan(config, directory), config.stages)
+  return all(train.read_result(s.directory) is not None for s in stages)
+
+
+def run_entry(entry: Entry, workdir: str, seeds: Sequence[int]
+              ) -> dict[str, Any]:
+  """Runs (or resumes, or skips) every run of `entry` for every seed.
+
+  Returns:
+    {'ran': [(run, seed)], 'skipped': [(run, seed)], 'preempted': bool}.
+  """
+  check_entry(entry, workdir)
+  outcome = {'ran': [], 'skipped': [], 'preempted': False}
+  for seed in seeds:
+    for run in entry.runs:
+      directory = run_dir(workdir, run.name, seed)
+      config = run_config(run, workdir, seed)
+      if _selected_done(config, directory):
+        logging.info('%s seed %d: %s is complete; skipping.', entry.name,
+                     seed, directory)
+        outcome['skipped'].append((run.name, seed))
+        continue
+      logging.info('%s seed %d: %s', entry.name, seed,
+                   command(run, workdir, seed))
+      if jax.process_index() == 0:
+        pipeline.write_config(config, directory)
+      result = pipeline.run(config, directory)
+      outcome['ran'].append((run.name, seed))
+      if result.get('status') == 'preempted':
+        logging.warning('Pre-empted in %s; run the same command again to '
+                        'resume.', directory)
+        outcome['preempted'] = True
+        return outcome
+  return outcome
+
+
+def describe(entry: Entry, workdir: str = 'DIR',
+             seeds: Sequence[int] = (0,)) -> str:
+  """The entry's title, note and every run as a main command line."""
+  lines = [f'{entry.name}: {entry.title}']
+  if entry.note:
+    lines.append(f'  {entry.note}')
+  for seed in seeds:
+    for run in entry.runs:
+      lines.append('  ' + command(run, workdir, seed))
+  return '\n'.join(lines)
+
+
+def parse_seeds(text: str) -> list[int]:
+  """'0,1,2' -> [0, 1, 2]; raises on anything else."""
+  try:
+    seeds = [int(s) for s in text.split(',') if s.strip()]
+  except ValueError:
+    raise ValueError(f'--seeds takes comma-separated integers, e.g. 0,1,2; '
+                     f'got {text!r}.') from None
+  if not seeds or any(s < 0 for s in seeds):
+    raise ValueError(f'--seeds needs at least one seed >= 0; got {text!r}.')
+  return seeds
+
+
+def gather_results(entry: Entry, workdir: str,
+                   seeds: Sequence[int] | None = None
+                   ) -> dict[str, dict[int, dict[str, Any]]]:
+  """{run name: {seed: results.json}} of the entry's finished runs.
+
+  Args:
+    entry: the entry.
+    workdir: the workdir it ran in.
+    seeds: the seeds to read; None = every `seed<S>` folder found.
+  """
+  out = {}
+  for run in entry.runs:
+    base = os.path.join(workdir, run.name)
+    found = seeds
+    if found is None:
+      names = os.listdir(base) if os.path.isdir(base) else []
+      found = sorted(int(n[4:]) for n in names
+                     if n.startswith('seed') and n[4:].isdigit())
+    out[run.name] = {}
+    for seed in found:
+      path = os.path.join(run_dir(workdir, run.name, seed), RESULTS_FILE)
+      if os.path.exists(path):
+        with open(path) as f:
+          out[run.name][seed] = json.load(f)
+  return out
+
+
+def define_flags() -> None:
+  """The command line's flags (only when run as a program: the main
+  command defines `workdir` too, and both may be imported together)."""
+  flags.DEFINE_string('workdir', None,
+                      'Root of the runs (each under <run name>/seed<S>).')
+  flags.DEFINE_string('seeds', None, 'Comma-separated seeds. run: default 0; '
+                      'report: default every seed folder found.')
+  flags.DEFINE_string('out', os.path.join(REPO, 'experiments', 'results'),
+                      'report: where <NAME>.md, <NAME>.json and the PNGs '
+                      'go.')
+
+
+USAGE = """\
+Usage:
+  python -m nasty_jax.experiments list [NAME]
+  python -m nasty_jax.experiments run NAME --workdir DIR [--seeds 0,1,2]
+  python -m nasty_jax.experiments report NAME --workdir DIR [--out DIR]"""
+
+
+def _prepare_host() -> None:
+  """As the main command: TF off the accelerators, a compilation cache."""
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], 'GPU')
+  except ImportError:
+    pass
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    # Runs of one entry compile the same programs (a sweep's students).
+    jax.config.update('jax_compilation_cache_dir', os.path.join(
+        os.path.expanduser('~'), '.cache', 'nasty_jax', 'xla'))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+
+
+def main(argv: Sequence[str]) -> None:
+  args = list(argv[1:])
+  if not args or args[0] not in ('list', 'run', 'report'):
+    raise app.UsageError(USAGE)
+  registry = load_registry()
+  verb, names = args[0], args[1:]
+  if verb == 'list':
+    for name in names or sorted(registry):
+      print(describe(get_entry(name, registry)))  # The command's output.
+    return
+  workdir = flags.FLAGS.workdir
+  if len(names) != 1 or workdir is None:
+    raise app.UsageError(USAGE)
+  entry = get_entry(names[0], registry)
+  seeds = parse_seeds(flags.FLAGS.seeds) if flags.FLAGS.seeds else None
+  if verb == 'run':
+    _prepare_host()
+    train.install_preemption_handler()
+    run_entry(entry, workdir, seeds or [0])
+  else:
+    written = experiment_report.write_report(
+        entry, gather_results(entry, workdir, seeds), flags.FLAGS.out)
+    for path in written:
+      print(path)  # The command's output: the files written.
+
+
+if __name__ == '__main__':
+  # The registry builds its runs from `nasty_jax.experiments`; run that
+  # module's code, not this `__main__` copy, so the classes are the same.
+  # pylint: disable-next=import-self,g-import-not-at-top
+  from nasty_jax import experiments
+  experiments.define_flags()
+  app.run(experiments.main)

@@ -1,0 +1,215 @@
+"""The experiment registry, runner and report, and Figures 1 and 2."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import registry
+from nasty_jax import experiment_report
+from nasty_jax import experiments
+from nasty_jax import figures
+from nasty_jax import pipeline
+
+# Every table row group and ablation the paper reports, and the CPU runs.
+EXPECTED = (
+    ['cifar10_table1', 'cifar10_table4', 'table5', 'cifar10_table6',
+     'cifar100_table6', 'cifar100_teacher_self', 'tinyimagenet_teacher_self',
+     'cifar10_fig3', 'cifar100_fig3', 'cifar10_fig4', 'cifar100_fig4',
+     'cifar10_fig5a', 'cifar10_fig5b', 'cifar10_table1_short',
+     'digits_table1', 'digits_fig3', 'digits_fig4', 'digits_fig5a',
+     'digits_fig5b']
+    + [f'cifar100_table2_{t}' for t in ('resnet18', 'resnet50', 'resnext29')]
+    + [f'tinyimagenet_table3_{t}'
+       for t in ('resnet18', 'resnet50', 'resnext29')])
+
+TINY = ('_tiny_resnet,students.archs=_tiny_cnn,batch_size=16,'
+        'dataset.subset_percent=0.1,num_epochs=1,max_eval_batches=2')
+
+
+def test_registry_is_complete_and_every_config_loads():
+  entries = experiments.load_registry()
+  assert sorted(entries) == sorted(EXPECTED)
+  # Loads every run's config with its overrides, checks the stage
+  # references, report cells and shared folders.
+  experiments.check_registry(entries)
+  for entry in entries.values():
+    assert entry.tables, entry.name
+    if '_fig' in entry.name:
+      assert entry.plots, entry.name
+
+
+def test_table6_reads_the_data_free_stages_and_paper_numbers():
+  entry = experiments.load_registry()['cifar10_table6']
+  keys = {c.key: c.paper for c in entry.cells()}
+  assert keys == {'normal': 95.42, 'nasty': 94.54, 'dafl/normal': 92.49,
+                  'dafl/nasty': 86.15}
+  config = experiments.run_config(entry.runs[0], '/w', 0)
+  names = [s.spec.name for s in pipeline.select(
+      pipeline.plan(config, '/w'), config.stages)]
+  assert 'dafl/normal' in names and 'dafl/nasty' in names
+
+
+def test_sweep_points_share_the_base_teachers():
+  entry = experiments.load_registry()['cifar10_fig4']
+  base, *points = entry.runs
+  assert base.name == 'cifar10/resnet18'
+  flags = experiments.flag_overrides(points[0], '/w', 2)
+  assert '--config.teacher.checkpoint=/w/cifar10/resnet18/seed2/normal' in (
+      flags)
+  assert '--config.nasty.checkpoint=/w/cifar10/resnet18/seed2/nasty' in flags
+  config = experiments.run_config(points[0], '/w', 2)
+  assert config.students.temperature == 1.0 and config.seed == 2
+  # The base run's own tau (4) is a plotted point, not retrained.
+  assert 4 in entry.plots[0].xs
+  assert not any(p.name.endswith('temperature4') for p in points)
+
+
+def _tiny_run(name='tiny', **kwargs):
+  return experiments.Run(name, 'configs/digits.py', TINY, **kwargs)
+
+
+def test_shared_runs_must_be_defined_identically():
+  a = experiments.Entry('a', 'A', (_tiny_run(),))
+  b = experiments.Entry('b', 'B', (_tiny_run(overrides=(
+      ('nasty.omega', '0.1'),)),))
+  with pytest.raises(ValueError, match="Run 'tiny' differs between a and b"):
+    experiments.check_registry({'a': a, 'b': b})
+
+
+@pytest.mark.parametrize('runs,message', [
+    ((_tiny_run('late', overrides=(
+        ('teacher.checkpoint', experiments.StageRef('tiny', 'normal')),)),
+      _tiny_run()), 'not listed before it'),
+    ((_tiny_run(stages='normal'), _tiny_run('next', overrides=(
+        ('nasty.checkpoint', experiments.StageRef('tiny', 'nasty')),))),
+     "reads stage 'nasty' of 'tiny'"),
+    ((_tiny_run(overrides=(('nasty.bogus', '1'),)),), 'Bad override'),
+    ((experiments.Run('x', 'configs/nope.py'),), 'No config file'),
+])
+def test_inconsistent_entries_are_clear_errors(runs, message):
+  with pytest.raises(ValueError, match=message):
+    experiments.check_entry(experiments.Entry('e', 'E', runs))
+
+
+def test_cli_errors_and_list(capsys):
+  with pytest.raises(ValueError, match='Valid: cifar100_fig3'):
+    experiments.get_entry('table9', experiments.load_registry())
+  with pytest.raises(ValueError, match='comma-separated integers'):
+    experiments.parse_seeds('0,a')
+  experiments.main(['experiments', 'list', 'cifar10_table4'])
+  out = capsys.readouterr().out
+  assert ('--config.nasty.adversary_checkpoint='
+          'DIR/cifar10/resnet18/seed0/baseline/net') in out
+
+
+def _fake_results(accuracies):
+  """A results.json holding {key: best accuracy} (last = best - 1)."""
+  out = {'teachers': {}, 'students': {}, 'stages': {}}
+  for key, value in accuracies.items():
+    entry = {'best': value, 'last': value - 1}
+    role, _, arch = key.partition('/')
+    if key in ('normal', 'nasty'):
+      out['teachers'][key] = entry
+    elif role in ('baseline', 'kd_normal', 'kd_nasty'):
+      out['students'].setdefault(arch, {})[role] = entry
+    else:
+      out['stages'][key] = entry
+  return out
+
+
+def test_report_means_stds_deltas_and_figure(tmp_path):
+  base = experiments.Run('base', 'configs/digits.py')
+  entry = registry.sweep_entry(
+      'sweep', 'A sweep', kind='student', base=base, archs=('net',),
+      key='students.alpha', values=(0.5,), base_value=0.9, xlabel='α')
+  point = entry.runs[1].name
+  results = {
+      'base': {s: _fake_results({'normal': 90 + s, 'nasty': 89,
+                                 'baseline/net': 80 + 2 * s,
+                                 'kd_normal/net': 84, 'kd_nasty/net': 70})
+               for s in (0, 1)},
+      point: {0: _fake_results({'kd_normal/net': 83, 'kd_nasty/net': 75})},
+  }
+  written = experiment_report.write_report(entry, results, str(tmp_path))
+  text = (tmp_path / 'sweep.md').read_text()
+  # KD from nasty at the base value: 70 vs baselines 80, 82 (mean 81).
+  assert ('| α = 0.9 (base run) | 84.00 ± 0.00 (+3.00) | 70.00 ± 0.00 '
+          '(-11.00) |') in text
+  assert '| α = 0.5 | 83.00 (+2.00) (n=1) | 75.00 (-6.00) (n=1) |' in text
+  assert '| student alone (base run) | 81.00 ± 1.41 | 81.00 ± 1.41 |' in text
+  assert "The paper's numbers for this table: n/a" in text
+  record = json.loads((tmp_path / 'sweep.json').read_text())
+  last = record['tables'][1]
+  assert last['kind'] == 'last'
+  assert last['rows'][0]['cells'][0]['mean'] == 82.0  # 83 - 1.
+  png = tmp_path / 'sweep_figure.png'
+  assert str(png) in written and 0 < png.stat().st_size < 200_000
+
+
+@pytest.fixture(scope='module')
+def tiny_runs(tmp_path_factory):
+  """A tiny entry run through the runner (3 short stages)."""
+  workdir = str(tmp_path_factory.mktemp('experiments'))
+  run = _tiny_run(stages='normal,nasty,kd_nasty')
+  table = registry.student_table('Tiny table', 'tiny', 'tiny',
+                                 '_tiny_resnet', ('_tiny_cnn',),
+                                 {'normal': 99.0})
+  plot = experiments.Plot('teachers', 'Tiny plot', 'x', (1.0,), (
+      experiments.Panel('teachers', (experiments.Series(
+          'nasty', (experiments.Cell('tiny', 'nasty'),)),), (
+              ('normal', experiments.Cell('tiny', 'normal')),)),))
+  entry = experiments.Entry('tiny', 'Tiny', (run,), (table,), (plot,))
+  first = experiments.run_entry(entry, workdir, [0])
+  return entry, workdir, first
+
+
+def test_runner_runs_skips_and_reports(tiny_runs, tmp_path, monkeypatch):
+  entry, workdir, first = tiny_runs
+  assert first == {'ran': [('tiny', 0)], 'skipped': [], 'preempted': False}
+  stage_dir = os.path.join(workdir, 'tiny', 'seed0')
+  with open(os.path.join(stage_dir, 'config.json')) as f:
+    assert json.load(f)['stages'] == 'normal,nasty,kd_nasty'
+
+  def fail(*_, **__):
+    raise AssertionError('a finished run ran again')
+  monkeypatch.setattr(pipeline, 'run', fail)
+  again = experiments.run_entry(entry, workdir, [0])
+  assert again == {'ran': [], 'skipped': [('tiny', 0)], 'preempted': False}
+
+  results = experiments.gather_results(entry, workdir)
+  assert list(results['tiny']) == [0]
+  written = experiment_report.write_report(entry, results, str(tmp_path))
+  text = (tmp_path / 'tiny.md').read_text()
+  teachers = results['tiny'][0]['teachers']
+  normal, nasty = teachers['normal']['best'], teachers['nasty']['best']
+  assert (f'| _tiny_resnet (normal) | {normal:.2f} · paper 99.00 | – · '
+          'paper n/a |') in text
+  assert f'| _tiny_resnet (nasty) | {nasty:.2f} ({nasty - normal:+.2f})' in (
+      text)
+  assert (tmp_path / 'tiny_teachers.png').stat().st_size > 0
+  assert len(written) == 3
+
+
+@pytest.mark.parametrize('which,count', [('fig1', 2), ('fig2', 40)])
+def test_figures_from_trained_teachers(tiny_runs, tmp_path, which, count):
+  _, workdir, _ = tiny_runs
+  stage = os.path.join(workdir, 'tiny', 'seed0')
+  config = experiments.load_config(f'configs/digits.py:{TINY}')
+  out = str(tmp_path / f'{which}.png')
+  drawn = figures.make_figure(
+      which, config, {r: os.path.join(stage, r) for r in figures.ROLES}, out,
+      num_images=count)
+  assert len(drawn['labels']) == count
+  assert 0 < os.path.getsize(out) < 200_000
+  assert all(0 <= a <= 100 for a in drawn['accuracy'].values())
+
+
+def test_softmax_sharpens_with_lower_temperature():
+  logits = np.array([[3.0, 1.0, 0.0]])
+  cold, hot = figures.softmax(logits, 1.0), figures.softmax(logits, 4.0)
+  np.testing.assert_allclose(cold.sum(), 1.0)
+  assert cold[0, 0] > hot[0, 0] > 1 / 3
+  np.testing.assert_allclose(
+      cold, np.exp(logits) / np.exp(logits).sum(), rtol=1e-12)
