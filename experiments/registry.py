@@ -10,7 +10,10 @@ no training code. Runs with the same name share one folder per seed, so
 e.g. Figure 4 reuses Table 1's teachers. The paper's numbers sit in the
 cells; None where no stored copy of the paper could be read (reported as
 n/a): Table 6 comes from DATAFREE.md §3, two CIFAR-100 teacher accuracies
-from the first author's reply in VITA-Group/Nasty-Teacher issue #13.
+from the first author's reply in VITA-Group/Nasty-Teacher issue #13. The
+stored copies of the paper searched for Tables 1-5 (readkong.com page
+6629087, SPIQA's 2105.07381v1 LaTeX) gave only their opening text, so those
+tables' other numbers stay None.
 
 CIFAR-10/100 read TFDS's prepared `cifar10` / `cifar100` and Tiny-ImageNet
 a prepared `tiny_imagenet` (`python -m nasty_jax.data.prepare NAME`, once,
@@ -478,3 +481,28 @@ ENTRIES += ablation_entries(
     fig5a=(_around(_DIGITS.students.alpha, (0.1, 0.3, 0.5, 0.7, 0.9)),
            _DIGITS.students.alpha),
     fig5b=((10, 30, 50, 70), 100))
+
+# Table 6 and Figure 6 on digits: DAFL and DeepInversion against Table 1's
+# digits teachers (configs/digits.py's data-free block, enabled here).
+_DIGITS_DATAFREE = 'digits/datafree'
+_digits_normal = Cell(_DIGITS_BASE.name, 'normal')
+_digits_dafl_normal = Cell(_DIGITS_DATAFREE, 'dafl/normal')
+ENTRIES.append(Entry(
+    'digits_table6', 'Table 6 and Figure 6 on the embedded digits',
+    (_DIGITS_BASE,
+     Run(_DIGITS_DATAFREE, DIGITS, _DIGITS.teacher.arch, (
+         ('teacher.checkpoint', StageRef(_DIGITS_BASE.name, 'normal')),
+         ('nasty.checkpoint', StageRef(_DIGITS_BASE.name, 'nasty')),
+         ('dafl.enabled', 'true'), ('deepinversion.enabled', 'true')),
+         'dafl,deepinversion')),
+    (Table('Table 6 (digits): DAFL CNN student',
+           ('Teacher', f'DAFL {_label(_DIGITS.dafl.student_arch)}'),
+           ((f'{_label(_DIGITS.teacher.arch)} (normal)',
+             (_digits_normal, _digits_dafl_normal)),
+            (f'{_label(_DIGITS.teacher.arch)} (nasty)',
+             (Cell(_DIGITS_BASE.name, 'nasty', None, _digits_normal),
+              Cell(_DIGITS_DATAFREE, 'dafl/nasty', None,
+                   _digits_dafl_normal))))),),
+    note='configs/digits.py\'s data-free block (see its docstring); the '
+    'teachers are digits_table1\'s. Figure 6: deepinversion/'
+    'normal_vs_nasty.png in each seed\'s digits/datafree folder.'))

@@ -188,7 +188,9 @@ def write_report(entry, results: Results, out_dir: str) -> list[str]:
           c is not None and c.paper is not None
           for _, cells in table.rows for c in cells)
       if kind == 'best' and not with_paper:
-        parts += ['The paper\'s numbers for this table: n/a (not read).', '']
+        parts += ['The paper\'s numbers for this table: n/a (the paper '
+                  'has no such table, or its numbers could not be '
+                  'read).', '']
       parts += [table_markdown(table, rows, max_seeds, with_paper), '']
       record['tables'].append({
           'title': table.title, 'kind': kind, 'columns': list(table.columns),

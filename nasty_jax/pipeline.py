@@ -15,6 +15,7 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 from absl import logging
 
@@ -171,10 +172,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       return {'status': 'preempted', 'stage': stage.spec.name}
   stage_results = {s.spec.name: train.read_result(s.directory)
                    for s in stages}
-  figure = _write_deepinversion_comparison(by_name, stage_results, workdir)
+  # Every host computes the same results; one writes them (multi-host).
+  writer = jax.process_index() == 0
+  figure = (_write_deepinversion_comparison(by_name, stage_results, workdir)
+            if writer else None)
   results = results_lib.gather(config, student_archs(config), stage_results,
                                deepinversion_comparison=figure)
-  results_lib.write(results, workdir)
+  if writer:
+    results_lib.write(results, workdir)
   return results
 
 
