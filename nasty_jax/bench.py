@@ -39,10 +39,10 @@ the batches are noise).
   path random uint8 images of the dataset's shape (`--num_train` of them)
   without TFDS; `--dataset=digits|cifar10|image_folder|...` reads a
   prepared TFDS dataset through `data.create_dataset`, for either path.
-* `--breakdown` (jit, normal-mode cases) also times the model's eval forward (what the
-  frozen network costs), its train forward + loss, and forward + backward,
-  as fractions of the step: the rest of a step is the optimiser and the
-  metrics.
+* `--breakdown` (jit, normal-mode cases) also times the model's eval
+  forward (what the frozen network costs), its train forward + loss, and
+  forward + backward, as fractions of the step: the rest of a step is the
+  optimiser and the metrics.
 
 Output: a table on stdout (steps, epochs, ratios between matching rows:
 bf16/fp32, pmap/jit, nasty/normal, kd/normal, epoch/step, stream/device,

@@ -57,10 +57,11 @@ class Parallel:
                        ) -> None:
     """Raises unless `batch_size` splits evenly over devices and hosts."""
     if batch_size % self.device_count:
+      fit = self.device_count * max(1, batch_size // self.device_count)
       raise ValueError(
           f'{what}={batch_size} does not divide over {self.device_count} '
           f'devices; use a multiple of {self.device_count} (e.g. '
-          f'--config.{what}={self.device_count * max(1, batch_size // self.device_count)}).')
+          f'--config.{what}={fit}).')
 
   def replicate(self, tree: Any) -> Any:
     """Places a pytree (frozen nets, init state) on every device."""
