@@ -203,9 +203,13 @@ def sweep_entry(name: str, title: str, *, kind: str, base: Run,
   for arch in archs:
     series = []
     for role in roles:
-      versus = None if role == 'baseline' else baseline[arch]
-      cells = tuple(Cell(s, f'{role}/{arch}', versus=versus)
-                    for s in sources)
+      # Against the student alone: the base run's, or (Figure 5b) the one
+      # trained on the same fraction of the data.
+      versus = [None if role == 'baseline' else
+                Cell(s, f'baseline/{arch}') if kind == 'data' else
+                baseline[arch] for s in sources]
+      cells = tuple(Cell(s, f'{role}/{arch}', versus=v)
+                    for s, v in zip(sources, versus))
       series.append(Series(_ROLE_LABELS[role], cells))
       add_column(f'{_label(arch)} {_ROLE_LABELS[role]}', cells)
     references = () if kind == 'data' else (('alone', baseline[arch]),)
