@@ -384,10 +384,6 @@ for _dataset, _config, _title in (('cifar10', C10, 'CIFAR-10'),
 
 # --- Figures 3-5: ablations. -----------------------------------------------
 
-_C10_BASE = Run('cifar10/resnet18', C10, 'resnet18')
-_C100_BASE = Run('cifar100/resnet18', C100, 'resnet18')
-_C10_ABLATION = ('net', 'preresnet20')
-_C100_ABLATION = ('shufflenetv2', 'mobilenetv2')
 _FIG_SWEEPS = {
     'fig3': ('Figure 3: the weight ω of the self-undermining term',
              dict(kind='nasty', key='nasty.omega', xlabel='ω', log_x=True)),

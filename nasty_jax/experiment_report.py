@@ -67,9 +67,13 @@ def _cell_summary(cell, results: Results, kind: str) -> dict[str, Any]:
   summary = summarize(cell_values(cell, results, kind))
   summary.update(run=cell.run, key=cell.key, paper=cell.paper, delta=None)
   if cell.versus is not None and summary['mean'] is not None:
-    reference = summarize(cell_values(cell.versus, results, kind))
-    if reference['mean'] is not None:
-      summary['delta'] = summary['mean'] - reference['mean']
+    # Over the seeds both cells have: a partial report compares like runs.
+    values = cell_values(cell, results, kind)
+    reference = cell_values(cell.versus, results, kind)
+    common = sorted(values.keys() & reference.keys())
+    if common:
+      summary['delta'] = float(np.mean([values[s] - reference[s]
+                                        for s in common]))
   return summary
 
 

@@ -313,10 +313,15 @@ def check_registry(registry: dict[str, Entry]) -> None:
 
 def _selected_done(config: ml_collections.ConfigDict, directory: str) -> bool:
   """Whether results.json exists and every selected stage is complete."""
-  if not os.path.exists(os.path.join(directory, RESULTS_FILE)):
+  path = os.path.join(directory, RESULTS_FILE)
+  if not os.path.exists(path):
     return False
   stages = pipeline.select(pipeline.plan(config, directory), config.stages)
-  return all(train.read_result(s.directory) is not None for s in stages)
+  with open(path) as f:
+    # Written by an earlier subset of stages, or before the last finished.
+    incomplete = set(json.load(f).get('incomplete', []))
+  return not incomplete & {s.spec.name for s in stages} and all(
+      train.read_result(s.directory) is not None for s in stages)
 
 
 def run_entry(entry: Entry, workdir: str, seeds: Sequence[int]
@@ -455,6 +460,9 @@ def main(argv: Sequence[str]) -> None:
     train.install_preemption_handler()
     run_entry(entry, workdir, seeds or [0])
   else:
+    if not os.path.isdir(workdir):
+      raise app.UsageError(f'No workdir {workdir}: give the --workdir that '
+                           f'`run {entry.name}` used.')
     written = experiment_report.write_report(
         entry, gather_results(entry, workdir, seeds), flags.FLAGS.out)
     for path in written:

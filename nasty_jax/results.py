@@ -99,7 +99,7 @@ def gather(config: ml_collections.ConfigDict, student_archs: list[str],
   """
   # A teacher given as a checkpoint: as a stage that read it measured it.
   normal = _accuracies(stages.get('normal')) or _first_frozen(
-      stages, ('kd_normal/', 'nasty', 'dafl/normal', 'deepinversion/normal'))
+      stages, ('kd_normal/', 'dafl/normal', 'deepinversion/normal'))
   nasty = _accuracies(stages.get('nasty')) or _first_frozen(
       stages, ('kd_nasty/', 'dafl/nasty', 'deepinversion/nasty'))
   students = {}

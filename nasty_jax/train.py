@@ -83,6 +83,16 @@ def preemption_requested() -> bool:
   return _PREEMPTED.is_set()
 
 
+def acknowledge_preemption() -> None:
+  """Marks a pre-emption handled: the stage saved and returned.
+
+  Only then is the request cleared, so one that came during a stage's
+  set-up still stops its first step; a later run in the process starts
+  afresh.
+  """
+  _PREEMPTED.clear()
+
+
 def install_preemption_handler() -> None:
   """SIGTERM (what Cloud TPU/GPU pre-emption sends) checkpoints and exits."""
   signal.signal(signal.SIGTERM, request_preemption)
@@ -350,7 +360,6 @@ def run_epochs(loop: EpochLoop, state: Any, meta: dict[str, Any],
   step = start_step
   train_metrics = None
   stopped = None
-  _PREEMPTED.clear()
   interval_start = step
   while step < num_steps and stopped is None:
     epoch = step // steps_per_epoch
@@ -410,6 +419,7 @@ def run_epochs(loop: EpochLoop, state: Any, meta: dict[str, Any],
 
 
 def _stop_preempted(ckpts, writer, spec, step) -> None:
+  acknowledge_preemption()
   ckpts.close()
   writer.flush()
   logging.warning('Stage %s pre-empted at step %d; checkpoint saved. Run the '

@@ -64,6 +64,17 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
   # A finished stage is skipped: the same result comes back from disk.
   assert train.train_and_evaluate(config, NORMAL, killed_dir) == resumed
 
+  # A SIGTERM during a stage's set-up is kept: its first step checkpoints
+  # and returns; the rerun ends as the uninterrupted run.
+  early_dir = str(tmp_path / 'early')
+  train.request_preemption()
+  assert train.train_and_evaluate(config, NORMAL, early_dir) == {
+      'status': 'preempted', 'step': 1}
+  assert not train.preemption_requested()
+  early = train.train_and_evaluate(config, NORMAL, early_dir)
+  for key in ('best', 'last', 'best_epoch', 'steps', 'epochs'):
+    assert early[key] == full[key], key
+
 
 def test_kd_stage_reads_frozen_teacher_and_records_its_accuracy(tmp_path):
   config = _config(num_epochs=1)

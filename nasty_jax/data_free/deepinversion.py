@@ -482,7 +482,11 @@ def _synthesize_pool(inverter: Inverter, base_key: jax.Array, stage_dir: str,
     if not os.path.exists(path):
       if train.preemption_requested():
         return None
-      x, _, _ = inverter.invert(_batch_key(base_key, k))
+      x, _, bad = inverter.invert(_batch_key(base_key, k))
+      if bad is not None:
+        raise train.NonFiniteLossError(
+            f'DeepInversion: synthetic batch {k} went non-finite at '
+            f'iteration {bad}; lower deepinversion.lr.')
       tmp = path + '.tmp.npz'
       np.savez(tmp, images=x)
       os.replace(tmp, path)
@@ -658,6 +662,7 @@ def run_deepinversion(config: ml_collections.ConfigDict,
     seconds = time.perf_counter() - start
     if train.preemption_requested():
       # The batch is saved; a rerun picks up from here.
+      train.acknowledge_preemption()
       return {'status': 'preempted', 'step': 0}
   save_png(os.path.join(stage_dir, GRID_FILE),
            image_grid(to_pixels(images, mean, std), num_classes))
@@ -668,6 +673,7 @@ def run_deepinversion(config: ml_collections.ConfigDict,
     pool = _synthesize_pool(inverter, base_key, stage_dir,
                             (images, targets), max(1, dicfg.kd_batches))
     if pool is None:
+      train.acknowledge_preemption()
       return {'status': 'preempted', 'step': 0}
     kd = _distil(config, spec, stage_dir, pool, teacher, teacher_vars,
                  teacher_accuracy, dataset, par, step_hook)
