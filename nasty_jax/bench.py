@@ -251,7 +251,10 @@ class _Trainer:
         self.model.init(key, jnp.zeros(shape, jnp.float32), train=False),
         tx), out_shardings=par.replicated)
     self.base_key = jax.random.key(seed)
-    self.state = init(jax.random.fold_in(self.base_key, 0))
+    # Parameters from an 'rbg' key, as train.py: threefry-based init
+    # compiles far slower on XLA:CPU.
+    init_key = jax.random.key(seed, impl='rbg')
+    self.state = init(init_key)
     frozen_model = self.frozen_vars = None
     if case.frozen is not None:
       # Frozen nets are built like train.load_frozen: same dtype, no BN
@@ -260,7 +263,7 @@ class _Trainer:
       self.frozen_vars = jax.jit(
           lambda key: frozen_model.init(key, jnp.zeros(shape, jnp.float32),
                                         train=False),
-          out_shardings=par.replicated)(jax.random.fold_in(self.base_key, 1))
+          out_shardings=par.replicated)(jax.random.fold_in(init_key, 1))
     self.p_train = par.train_step(functools.partial(
         steps.train_step, model=self.model, tx=tx,
         objective=steps.create_objective(case.mode, _LOSS),

@@ -21,9 +21,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-KINDS = ('best', 'last')
-TEACHERS = ('normal', 'nasty')
-STUDENT_ROLES = ('baseline', 'kd_normal', 'kd_nasty')
+from nasty_jax import results as results_lib
+
+KINDS = results_lib.KINDS
+TEACHERS = results_lib.TEACHERS
+STUDENT_ROLES = results_lib.STUDENT_ROLES
 # {run name: {seed: results.json}}.
 Results = Mapping[str, Mapping[int, Mapping[str, Any]]]
 
