@@ -28,14 +28,15 @@ def sgd_optim(milestones: Sequence[int], gamma: float,
   return ml_collections.ConfigDict(dict(
       name='sgd', learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
       nesterov=False, milestones=tuple(milestones), gamma=gamma,
-      num_epochs=num_epochs))
+      num_epochs=num_epochs, schedule='step', warmup_epochs=0))
 
 
 def adam_optim(num_epochs: int) -> ml_collections.ConfigDict:
   """Adam(1e-3) for net/mlp; their params.json schedule [999] never fires."""
   return ml_collections.ConfigDict(dict(
       name='adam', learning_rate=1e-3, momentum=0.0, weight_decay=0.0,
-      nesterov=False, milestones=(), gamma=0.1, num_epochs=num_epochs))
+      nesterov=False, milestones=(), gamma=0.1, num_epochs=num_epochs,
+      schedule='step', warmup_epochs=0))
 
 
 def base_config(*, dataset: str, image_size: int, num_classes: int,

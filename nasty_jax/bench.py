@@ -72,6 +72,11 @@ convolutions, as PyTorch's cuDNN default did for the reference's figures
 (`--matmul_precision=highest` for true float32).
 """
 
+
+from nasty_jax import runtime  # Before jax starts: it sets XLA_FLAGS.
+
+runtime.set_cpu_flags()
+
 import argparse
 import dataclasses
 import functools

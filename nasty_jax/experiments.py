@@ -21,6 +21,11 @@ draws the ablation figures. `list` prints every run as the equivalent
 `python -m nasty_jax.main` command line.
 """
 
+
+from nasty_jax import runtime  # Before jax starts: it sets XLA_FLAGS.
+
+runtime.set_cpu_flags()
+
 import dataclasses
 import importlib
 import json
@@ -426,20 +431,6 @@ Usage:
   python -m nasty_jax.experiments report NAME --workdir DIR [--out DIR]"""
 
 
-def _prepare_host() -> None:
-  """As the main command: TF off the accelerators, a compilation cache."""
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.set_visible_devices([], 'GPU')
-  except ImportError:
-    pass
-  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
-    # Runs of one entry compile the same programs (a sweep's students).
-    jax.config.update('jax_compilation_cache_dir', os.path.join(
-        os.path.expanduser('~'), '.cache', 'nasty_jax', 'xla'))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-
-
 def main(argv: Sequence[str]) -> None:
   args = list(argv[1:])
   if not args or args[0] not in ('list', 'run', 'report'):
@@ -456,7 +447,7 @@ def main(argv: Sequence[str]) -> None:
   entry = get_entry(names[0], registry)
   seeds = parse_seeds(flags.FLAGS.seeds) if flags.FLAGS.seeds else None
   if verb == 'run':
-    _prepare_host()
+    runtime.configure()
     train.install_preemption_handler()
     run_entry(entry, workdir, seeds or [0])
   else:

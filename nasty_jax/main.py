@@ -6,6 +6,11 @@
       --config.stages=normal,nasty --workdir=gs://bucket/run --multihost
 """
 
+
+from nasty_jax import runtime  # Before jax starts: it sets XLA_FLAGS.
+
+runtime.set_cpu_flags()
+
 import logging as py_logging
 import os
 
@@ -46,19 +51,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    # TF (used by clu's writers) must not take accelerator memory.
-    tf.config.set_visible_devices([], 'GPU')
-  except ImportError:
-    pass
+  runtime.configure()
   if _MULTIHOST.value:
     jax.distributed.initialize()
-  # Reruns (and the stages of one run) reuse compiled programs.
-  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
-    jax.config.update('jax_compilation_cache_dir', os.path.join(
-        os.path.expanduser('~'), '.cache', 'nasty_jax', 'xla'))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   config = flags.FLAGS.config
   workdir = _WORKDIR.value or os.path.join(
       'runs', f'{config.dataset.name}_{config.teacher.arch}_seed{config.seed}')

@@ -27,22 +27,35 @@ class TrainState:
 
 def learning_rate_schedule(optim_config, steps_per_epoch: int
                            ) -> optax.Schedule:
-  """Per-epoch step decay, as the reference's scripts apply it (SPEC §6).
+  """The optimiser's learning rate over the step count.
 
-  Before 0-based epoch e the reference multiplies lr by gamma when e is a
-  milestone, so the drop lands on step e * steps_per_epoch.
+  'step' (the reference's, SPEC §6): before 0-based epoch e the reference
+  multiplies lr by gamma when e is a milestone, so the drop lands on step
+  e * steps_per_epoch. 'cosine' (a short-schedule deviation, not the
+  reference's): a linear warm-up from 0 over `warmup_epochs`, then a
+  per-step cosine decay to 0 at the end of `num_epochs`.
 
   Args:
-    optim_config: `name, learning_rate, milestones, gamma` (config.optim.*).
+    optim_config: `learning_rate, milestones, gamma` (config.optim.*), and
+      optionally `schedule`, `num_epochs`, `warmup_epochs`.
     steps_per_epoch: optimiser steps per epoch.
 
   Returns:
     An optax schedule over the step count.
   """
+  kind = getattr(optim_config, 'schedule', 'step')
+  peak = float(optim_config.learning_rate)
+  if kind == 'cosine':
+    total = int(optim_config.num_epochs) * steps_per_epoch
+    warmup = int(getattr(optim_config, 'warmup_epochs', 0)) * steps_per_epoch
+    return optax.warmup_cosine_decay_schedule(
+        0.0, peak, warmup, max(total, warmup + 1), end_value=0.0)
+  if kind != 'step':
+    raise ValueError(f'Unknown learning-rate schedule {kind!r}; valid: '
+                     'step, cosine.')
   boundaries = {int(m) * steps_per_epoch: float(optim_config.gamma)
                 for m in optim_config.milestones}
-  return optax.piecewise_constant_schedule(
-      float(optim_config.learning_rate), boundaries or None)
+  return optax.piecewise_constant_schedule(peak, boundaries or None)
 
 
 def create_optimizer(optim_config, steps_per_epoch: int

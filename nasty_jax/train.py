@@ -116,7 +116,12 @@ def optimizer_config(config: ml_collections.ConfigDict, arch: str
   if choice not in ('sgd', 'adam'):
     raise ValueError(f'config.optim.choice={choice!r}; valid: auto, sgd, '
                      'adam.')
-  return config.optim[choice]
+  optim = config.optim[choice]
+  if config.num_epochs > 0:
+    # The stage-wide epoch override is the schedule's length too.
+    optim = ml_collections.ConfigDict(optim.to_dict())
+    optim.num_epochs = config.num_epochs
+  return optim
 
 
 def create_model(config: ml_collections.ConfigDict, arch: str,
@@ -512,7 +517,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, spec: StageSpec,
   dataset = open_dataset(config, par)
 
   optim = optimizer_config(config, spec.arch)
-  num_epochs = config.num_epochs if config.num_epochs > 0 else optim.num_epochs
+  num_epochs = optim.num_epochs
   steps_per_epoch = dataset.steps_per_epoch
   num_steps = num_epochs * steps_per_epoch
   if config.num_train_steps > 0:

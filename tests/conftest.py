@@ -16,6 +16,11 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       os.path.join(tempfile.gettempdir(), 'nasty_jax_test_xla'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
+# The CPU flags every entry point sets: tests run what users run.
+from nasty_jax import runtime  # pylint: disable=g-import-not-at-top
+
+runtime.set_cpu_flags()
+
 import pathlib  # pylint: disable=g-import-not-at-top
 
 import pytest  # pylint: disable=g-import-not-at-top

@@ -84,8 +84,9 @@ def test_pmap_four_devices_equals_one_device_and_jit(mode):
     _assert_close(other.batch_stats, one.batch_stats)
     for a, b in zip(m_other, m_one):
       # Metrics are reductions over the whole batch (the gradient norm over
-      # every parameter), summed in a different order per layout.
-      _assert_close(a, b, tol=1e-4)
+      # every parameter, here ~3.25), summed in a different order per layout;
+      # BatchNorm's closed-form backward puts them ~1e-4 apart in float32.
+      _assert_close(a, b, tol=3e-4)
   # The steps did train: parameters moved and lr dropped at the milestone.
   assert m_one[1]['learning_rate'] == pytest.approx(0.1)
   assert m_one[2]['learning_rate'] == pytest.approx(0.01)

@@ -79,6 +79,73 @@ def _kernel_and_bias(module: nn.Module, kernel_shape: tuple[int, ...]
   return kernel.astype(module.dtype), bias
 
 
+def _conv(x: Array, kernel: Array, stride: int, padding: int,
+          groups: int) -> Array:
+  pad = (padding, padding)
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(stride, stride), padding=(pad, pad),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
+
+
+# Bytes of one batch chunk of a convolution's input (or output gradient)
+# when its kernel gradient is taken chunk by chunk on a CPU (see conv2d).
+WGRAD_CHUNK_BYTES = 1 << 19
+
+
+def wgrad_chunks(x: Array, g: Array) -> int:
+  """How many batch chunks `conv2d` splits a CPU kernel gradient into.
+
+  The smallest divisor of the batch whose chunks of `x` and `g` (per-sample
+  bytes of the larger) fit `WGRAD_CHUNK_BYTES`; 1 off the CPU.
+  """
+  if jax.default_backend() != 'cpu':
+    return 1
+  n = x.shape[0]
+  per_sample = max(int(np.prod(a.shape[1:])) * a.dtype.itemsize
+                   for a in (x, g))
+  fit = max(1, WGRAD_CHUNK_BYTES // per_sample)
+  return next(c for c in range(1, n + 1) if n % c == 0 and n // c <= fit)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv2d(x: Array, kernel: Array, stride: int, padding: int,
+           groups: int) -> Array:
+  """NHWC x HWIO convolution with torch's symmetric padding.
+
+  Its value and input gradient are XLA's. Its kernel gradient is XLA's
+  too, summed over batch chunks on a CPU (`wgrad_chunks`): XLA:CPU computes
+  a kernel gradient as a convolution over the batch after transposing both
+  operands batch-last, and with the whole batch those transposes and the
+  convolution stream from memory; chunks of ~512 KiB stay in cache, which
+  made ResNet kernel gradients about 2x faster here (docs/performance.md).
+  The sum is the same, in another order; GPUs and TPUs take the plain path.
+  """
+  return _conv(x, kernel, stride, padding, groups)
+
+
+def _conv2d_fwd(x, kernel, stride, padding, groups):
+  return _conv(x, kernel, stride, padding, groups), (x, kernel)
+
+
+def _conv2d_bwd(stride, padding, groups, residuals, g):
+  x, kernel = residuals
+  _, vjp_x = jax.vjp(lambda x: _conv(x, kernel, stride, padding, groups), x)
+  chunks = wgrad_chunks(x, g)
+  size = x.shape[0] // chunks
+  g_kernel = None
+  for i in range(chunks):
+    rows = slice(i * size, (i + 1) * size)
+    _, vjp_k = jax.vjp(
+        lambda k, rows=rows: _conv(x[rows], k, stride, padding, groups),
+        kernel)
+    part = vjp_k(g[rows])[0]
+    g_kernel = part if g_kernel is None else g_kernel + part
+  return vjp_x(g)[0], g_kernel
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
 class Conv(nn.Module):
   """2-D convolution with torch's symmetric padding; NHWC in, HWIO kernel.
 
@@ -116,13 +183,8 @@ class Conv(nn.Module):
     kernel_shape = (self.kernel_size, self.kernel_size,
                     in_features // self.groups, self.features)
     kernel, bias = _kernel_and_bias(self, kernel_shape)
-    pad = (self.padding, self.padding)
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel,
-        window_strides=(self.strides, self.strides),
-        padding=(pad, pad),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-        feature_group_count=self.groups)
+    y = conv2d(x.astype(self.dtype), kernel, self.strides, self.padding,
+               self.groups)
     if bias is not None:
       y = y + _per_channel(bias, y.ndim)
     return y
@@ -175,6 +237,97 @@ def _batch_moments(x: Array, axis_name: str | None
   return mean, var, count
 
 
+def _count(x: Array, axis_name: str | None) -> int:
+  """Elements per channel over the whole (possibly synced) batch."""
+  count = int(np.prod(x.shape[:-1]))
+  if axis_name is not None:
+    count *= jax.lax.axis_size(axis_name)
+  return count
+
+
+def _affine(x: Array, mean: Array, mul: Array, scale: Array | None,
+            bias: Array | None) -> Array:
+  """(x - mean) * mul * scale + bias, per channel (scale, bias optional)."""
+  y = x - _per_channel(mean, x.ndim)
+  if scale is None:
+    return y * _per_channel(mul, x.ndim)
+  return (y * _per_channel(mul * scale, x.ndim)
+          + _per_channel(bias, x.ndim))
+
+
+def _channel_sum(x: Array, axis_name: str | None) -> Array:
+  total = jnp.sum(x, axis=tuple(range(x.ndim - 1)))
+  return total if axis_name is None else jax.lax.psum(total, axis_name)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_normalize(x: Array, scale: Array | None, bias: Array | None,
+                    epsilon: float, axis_name: str | None
+                    ) -> tuple[Array, Array, Array]:
+  """Train-mode batch normalisation: (y, batch mean, biased batch variance).
+
+  The forward pass is `_batch_moments` and `_affine`, exactly. The backward
+  pass is the closed form of the same function's gradient (two channel sums
+  of the cotangent, then one elementwise pass) instead of reverse-mode
+  through the two-pass variance: the same values up to float rounding, in
+  fewer passes over the activations, which is what a CPU step is bound by.
+  Under `axis_name` the sums run over the whole synced batch, as autodiff
+  through the forward's `pmean`s gives; parameter cotangents are the local
+  sums, which the step's gradient `pmean` then averages.
+  """
+  mean, var, _ = _batch_moments(x, axis_name)
+  return (_affine(x, mean, jax.lax.rsqrt(var + epsilon), scale, bias), mean,
+          var)
+
+
+def _batch_normalize_fwd(x, scale, bias, epsilon, axis_name):
+  # symbolic_zeros: primals come wrapped, and cotangents that are known
+  # zeros (the usual case for the statistics) arrive as SymbolicZero.
+  x, scale, bias = (None if a is None else a.value for a in (x, scale, bias))
+  y, mean, var = batch_normalize(x, scale, bias, epsilon, axis_name)
+  return (y, mean, var), (x, scale, mean, var)
+
+
+def _batch_normalize_bwd(epsilon, axis_name, residuals, cotangents):
+  x, scale, mean, var = residuals
+  g, g_mean, g_var = cotangents
+  if isinstance(g, jax.custom_derivatives.SymbolicZero):
+    g = jnp.zeros(g.shape, g.dtype)
+  count = _count(x, axis_name)
+  mul = jax.lax.rsqrt(var + epsilon)
+  x_hat = _affine(x, mean, mul, None, None)
+  axes = tuple(range(x.ndim - 1))
+  g_bias = jnp.sum(g, axis=axes)
+  g_scale = jnp.sum(g * x_hat, axis=axes)
+  total_g, total_gx = g_bias, g_scale
+  if axis_name is not None:
+    total_g = jax.lax.psum(g_bias, axis_name)
+    total_gx = jax.lax.psum(g_scale, axis_name)
+  gain = mul if scale is None else mul * scale
+  # d/dx of (x - mean) * mul: g - mean(g) - x_hat * mean(g * x_hat), scaled.
+  g_x = _per_channel(gain, x.ndim) * (
+      g - _per_channel(total_g / count, x.ndim)
+      - x_hat * _per_channel(total_gx / count, x.ndim))
+  # The statistics are outputs too; the running averages take no gradient,
+  # but a loss of the statistics (DeepInversion's) would.
+  if not isinstance(g_mean, jax.custom_derivatives.SymbolicZero):
+    g_x = g_x + _per_channel(_psum(g_mean, axis_name) / count, x.ndim)
+  if not isinstance(g_var, jax.custom_derivatives.SymbolicZero):
+    g_x = g_x + _affine(x, mean, _psum(2.0 * g_var, axis_name) / count,
+                        None, None)
+  if scale is None:
+    return g_x, None, None
+  return g_x, g_scale, g_bias
+
+
+def _psum(x: Array, axis_name: str | None) -> Array:
+  return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+batch_normalize.defvjp(_batch_normalize_fwd, _batch_normalize_bwd,
+                       symbolic_zeros=True)
+
+
 class BatchNorm(nn.Module):
   """torch `BatchNorm{1,2}d` over the last axis (channels), default settings.
 
@@ -221,32 +374,34 @@ class BatchNorm(nn.Module):
     x = x.astype(stats_dtype)
     initializing = self.is_initializing()
     capture = self.is_mutable_collection('bn_stats') and not initializing
-    if capture or not use_running_average:
-      mean, var, count = _batch_moments(x, self.axis_name)
-      if capture:
-        self.sow('bn_stats', 'input_stats', (mean, var))
-    if use_running_average:
-      mean, var = ra_mean.value, ra_var.value
-    elif not initializing:
-      if count < 2:
-        raise ValueError(
-            f'BatchNorm {self.name} in train mode needs more than one value '
-            f'per channel (got {count}), as torch does; use a larger batch.')
-      unbiased = var * (count / (count - 1))
-      ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
-      ra_var.value = ((1 - self.momentum) * ra_var.value
-                      + self.momentum * unbiased)
-    mul = jax.lax.rsqrt(var + self.epsilon)
-    y = x - _per_channel(mean, x.ndim)
+    scale = bias = None
     if self.affine:
       scale = self.param('scale', nn.initializers.ones, (features,),
-                         self.param_dtype)
+                         self.param_dtype).astype(stats_dtype)
       bias = self.param('bias', nn.initializers.zeros, (features,),
-                        self.param_dtype)
-      y = (y * _per_channel(mul * scale.astype(stats_dtype), x.ndim)
-           + _per_channel(bias.astype(stats_dtype), x.ndim))
-    else:
-      y = y * _per_channel(mul, x.ndim)
+                        self.param_dtype).astype(stats_dtype)
+    if use_running_average or initializing:
+      if capture:
+        self.sow('bn_stats', 'input_stats',
+                 _batch_moments(x, self.axis_name)[:2])
+      mean, var = ra_mean.value, ra_var.value
+      if initializing and not use_running_average:
+        mean, var, _ = _batch_moments(x, self.axis_name)
+      y = _affine(x, mean, jax.lax.rsqrt(var + self.epsilon), scale, bias)
+      return y.astype(self.dtype)
+    count = _count(x, self.axis_name)
+    if count < 2:
+      raise ValueError(
+          f'BatchNorm {self.name} in train mode needs more than one value '
+          f'per channel (got {count}), as torch does; use a larger batch.')
+    y, mean, var = batch_normalize(x, scale, bias, self.epsilon,
+                                   self.axis_name)
+    if capture:
+      self.sow('bn_stats', 'input_stats', (mean, var))
+    unbiased = var * (count / (count - 1))
+    ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
+    ra_var.value = ((1 - self.momentum) * ra_var.value
+                    + self.momentum * unbiased)
     return y.astype(self.dtype)
 
 
@@ -290,9 +445,50 @@ def global_avg_pool(x: Array, keepdims: bool = False) -> Array:
   return jnp.mean(x, axis=(1, 2), keepdims=keepdims)
 
 
+@jax.custom_vjp
 def max_pool_2x2(x: Array) -> Array:
-  """torch `max_pool2d(x, 2)`: 2x2 windows, stride 2, floor on odd sizes."""
-  return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+  """torch `max_pool2d(x, 2)`: 2x2 windows, stride 2, floor on odd sizes.
+
+  A reshape and a max rather than `reduce_window`, with a hand-written
+  gradient: XLA:CPU lowers reduce_window's gradient (select-and-scatter) to
+  a scatter that cost 30x this one (43 vs 1.4 ms at 128x32x32x32). The
+  gradient goes to the first maximum of each window in row-major order, as
+  torch's and select-and-scatter's do, so ties give the same result.
+  """
+  return jnp.max(_pool_windows(x), axis=(2, 4))
+
+
+def _pool_windows(x: Array) -> Array:
+  """(N, H, W, C) -> (N, H//2, 2, W//2, 2, C), odd edges dropped."""
+  n, h, w, c = x.shape
+  return x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
+
+
+def _max_pool_fwd(x):
+  y = max_pool_2x2(x)
+  return y, (x, y)
+
+
+def _max_pool_bwd(residuals, g):
+  x, y = residuals
+  hit = _pool_windows(x) == y[:, :, None, :, None, :]
+  taken = jnp.zeros(y.shape, bool)
+  rows = []
+  for i in range(2):
+    cols = []
+    for j in range(2):
+      first = hit[:, :, i, :, j] & ~taken
+      taken = taken | first
+      cols.append(jnp.where(first, g, jnp.zeros_like(g)))
+    rows.append(jnp.stack(cols, axis=3))  # (N, H/2, W/2, 2, C)
+  gx = jnp.stack(rows, axis=2)  # (N, H/2, 2, W/2, 2, C)
+  n, h, w, c = x.shape
+  gx = gx.reshape(n, h // 2 * 2, w // 2 * 2, c)
+  return (jnp.pad(gx, ((0, 0), (0, h - gx.shape[1]), (0, w - gx.shape[2]),
+                       (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def flatten_nchw(x: Array) -> Array:

@@ -1,0 +1,63 @@
+"""Process set-up shared by every entry point (main, experiments, bench).
+
+Call `configure()` before the first JAX computation (XLA reads its flags
+when the backend starts):
+
+* XLA:CPU's plain thunk scheduler instead of its concurrency-optimised one,
+  which on a few cores runs independent convolutions side by side and
+  makes each slower (a train step 6% faster here, docs/performance.md).
+  Only the order of the same operations changes, not what they compute.
+  It names an `xla_cpu_*` option, so GPU and TPU runs are unaffected.
+  `NASTY_JAX_CPU_FLAGS=0` leaves XLA_FLAGS alone; a flag already in
+  XLA_FLAGS wins.
+* TensorFlow (imported by clu's writers) is kept off the accelerators.
+* A persistent compilation cache (~/.cache/nasty_jax/xla unless
+  JAX_COMPILATION_CACHE_DIR is set): reruns and the stages of one run reuse
+  compiled programs.
+
+The memory allocator matters as much on a CPU (glibc returns a step's
+large temporaries to the kernel and takes them back as fresh zeroed pages
+every step); `run.sh` preloads tcmalloc when it is installed, and
+`allocator()` says which one this process has.
+"""
+
+import os
+
+CPU_XLA_FLAGS = ('--xla_cpu_enable_concurrency_optimized_scheduler=false',)
+
+
+def cpu_xla_flags(current: str) -> str:
+  """`current` XLA_FLAGS plus each CPU flag it does not set itself."""
+  present = {f.split('=', 1)[0] for f in current.split()}
+  extra = [f for f in CPU_XLA_FLAGS if f.split('=', 1)[0] not in present]
+  return ' '.join([current.strip()] + extra).strip()
+
+
+def set_cpu_flags() -> None:
+  """Adds `CPU_XLA_FLAGS` to the environment's XLA_FLAGS (see the module)."""
+  if os.environ.get('NASTY_JAX_CPU_FLAGS', '1') != '0':
+    os.environ['XLA_FLAGS'] = cpu_xla_flags(os.environ.get('XLA_FLAGS', ''))
+
+
+def allocator() -> str:
+  """The malloc this process preloads ('tcmalloc', 'jemalloc' or 'glibc')."""
+  preload = os.environ.get('LD_PRELOAD', '')
+  for name in ('tcmalloc', 'jemalloc'):
+    if name in preload:
+      return name
+  return 'glibc'
+
+
+def configure(compilation_cache: bool = True) -> None:
+  """Everything above, in order; safe to call more than once."""
+  set_cpu_flags()
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], 'GPU')
+  except ImportError:
+    pass
+  import jax  # pylint: disable=g-import-not-at-top
+  if compilation_cache and not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    jax.config.update('jax_compilation_cache_dir', os.path.join(
+        os.path.expanduser('~'), '.cache', 'nasty_jax', 'xla'))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
