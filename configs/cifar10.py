@@ -5,7 +5,8 @@
 Mirrors the reference's experiments/CIFAR10/*/params.json: teachers and
 SGD students 160 epochs (lr 0.1, x0.1 before epochs 80 and 120), net with
 Adam(1e-3) for 100 epochs, batch 128, nasty tau_A = 4 and omega = 0.04 (the
-code's value; the paper's text says 0.004, SPEC §8.1), students tau_S = 4,
+code's value; the paper's text says 0.004,
+docs/reference.md#where-the-paper-and-the-code-differ), students tau_S = 4,
 alpha = 0.9. `:resnet34` is the data-free setting of Table 6 (omega 0.04,
 tau_A 4, a ResNet-18 student).
 """

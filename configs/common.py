@@ -10,7 +10,10 @@ and list what is valid. Later `--config.x.y=...` flags override again.
 
 One config describes the paper's whole pipeline for one dataset and teacher
 architecture (normal teacher -> nasty teacher -> students); `pipeline.py`
-derives each stage's settings from it.
+derives each stage's settings from it. Every registered method's config
+group (`nasty`, `kd`, `dafl`, ...) comes with the registry's defaults
+(`nasty_jax/methods.py`); the item `extensions=my_module` in the config
+argument imports user methods first, so their groups exist for overrides.
 """
 
 import ast
@@ -18,13 +21,16 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from nasty_jax import methods
 from nasty_jax import models
-from nasty_jax import pipeline
 
 
 def sgd_optim(milestones: Sequence[int], gamma: float,
               num_epochs: int) -> ml_collections.ConfigDict:
-  """SGD(0.1, momentum 0.9, wd 5e-4) with per-epoch step decay (SPEC §6)."""
+  """SGD(0.1, momentum 0.9, wd 5e-4) with per-epoch step decay.
+
+  docs/reference.md#optimisers-and-schedules.
+  """
   return ml_collections.ConfigDict(dict(
       name='sgd', learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
       nesterov=False, milestones=tuple(milestones), gamma=gamma,
@@ -48,9 +54,11 @@ def base_config(*, dataset: str, image_size: int, num_classes: int,
   c = ml_collections.ConfigDict()
   c.seed = 0
   # Which stages to run: 'all', or a comma list of stage selectors
-  # (see pipeline.STAGE_GROUPS): normal, nasty, students, baseline, kd_normal,
-  # kd_nasty, dafl, deepinversion, or one stage such as kd_nasty/net.
+  # (pipeline.select): teachers, students, a method (kd), a stage group
+  # (kd_nasty, dafl) or one stage (kd_nasty/net).
   c.stages = 'all'
+  # User modules (or .py paths) that register methods, '+'-separated.
+  c.extensions = ''
 
   c.dataset = ml_collections.ConfigDict(dict(
       name=dataset, data_dir=ml_collections.FieldReference(None, str),
@@ -62,22 +70,25 @@ def base_config(*, dataset: str, image_size: int, num_classes: int,
       # augmented there; 'stream': TFDS + grain on the host (large data).
       input='device'))
 
+  # The teacher-side methods (defenses) the pipeline trains, in order, on
+  # teacher.arch; each one's students are trained and compared.
+  c.teachers = 'normal+nasty'
   # The normal teacher. `checkpoint` set = use that trained network (a stage
   # folder or a converted PyTorch checkpoint) instead of training one.
   c.teacher = ml_collections.ConfigDict(dict(
       arch=teacher_arch, checkpoint=ml_collections.FieldReference(None, str)))
+  # Students: every method of `methods` on every arch; a method that reads
+  # a teacher trains once per teacher. '+'-separated in overrides.
+  c.students = ml_collections.ConfigDict(dict(
+      archs='+'.join(student_archs), methods='ce+kd'))
+  for group, defaults in methods.config_groups().items():
+    if group not in c:
+      c[group] = defaults
   # The nasty teacher (same arch as the teacher) trained against a frozen
   # adversary: by default the normal teacher above (train_nasty.py).
-  c.nasty = ml_collections.ConfigDict(dict(
-      temperature=nasty_temperature, omega=omega,
-      adversary_arch=ml_collections.FieldReference(None, str),
-      adversary_checkpoint=ml_collections.FieldReference(None, str),
-      checkpoint=ml_collections.FieldReference(None, str)))
-  # Students: each arch trains three times (baseline, KD from the normal
-  # teacher, KD from the nasty teacher); '+'-separated in overrides.
-  c.students = ml_collections.ConfigDict(dict(
-      archs='+'.join(student_archs), temperature=student_temperature,
-      alpha=0.9))
+  c.nasty.temperature = nasty_temperature
+  c.nasty.omega = omega
+  c.kd.temperature = student_temperature
 
   # Optimiser per trained arch: 'auto' follows the reference (Adam for
   # net/mlp, SGD otherwise); 'sgd' or 'adam' forces one.
@@ -93,10 +104,12 @@ def base_config(*, dataset: str, image_size: int, num_classes: int,
       # with float32 parameters, BN statistics, softmax/KL and loss.
       dtype='float32'))
 
-  # Data-free attacks on the two teachers (paper §4.4, DATAFREE.md); off
-  # unless a config enables them (Table 6: `:resnet34`).
-  c.dafl = dafl_config(dataset)
-  c.deepinversion = deepinversion_config()
+  # The data-free attacks (dafl, deepinversion groups) are off unless a
+  # config enables them (Table 6: `:resnet34`). DAFL's generator-loss
+  # weights differ per dataset: CIFAR-10's README line (oh 0.05, ie 5,
+  # a 0.01) and CIFAR-100's at HEAD (0.5, 20, 0.1) (docs/data_free.md).
+  if dataset == 'cifar100':
+    c.dafl.update(dict(oh=0.5, ie=20.0, a=0.1))
 
   c.batch_size = 128
   c.eval_batch_size = -1  # -1: batch_size.
@@ -105,33 +118,10 @@ def base_config(*, dataset: str, image_size: int, num_classes: int,
   c.log_every_steps = 50
   c.max_eval_batches = -1  # -1: the whole eval split.
   c.max_checkpoints_to_keep = 1
+  # Trace steps 10-15 after each stage's start with jax.profiler into
+  # <stage>/profile (TensorBoard's profile plugin or Perfetto reads it).
   c.profile = False
   return c
-
-
-def dafl_config(dataset: str) -> ml_collections.ConfigDict:
-  """DAFL as DAFL-train.py runs it on CIFAR (DATAFREE §1.6).
-
-  The generator-loss weights differ per dataset: CIFAR-10's README line
-  (oh 0.05, ie 5, a 0.01) and CIFAR-100's at HEAD (0.5, 20, 0.1).
-  """
-  oh, ie, a = (0.5, 20.0, 0.1) if dataset == 'cifar100' else (0.05, 5.0, 0.01)
-  return ml_collections.ConfigDict(dict(
-      enabled=False, student_arch='resnet18', num_epochs=2000,
-      iters_per_epoch=120, batch_size=1024, latent_dim=1000,
-      lr_generator=0.02, lr_student=0.1, momentum=0.9, weight_decay=5e-4,
-      milestones=(800, 1600), gamma=0.1, oh=oh, ie=ie, a=a))
-
-
-def deepinversion_config() -> ml_collections.ConfigDict:
-  """DeepInversion's CIFAR-10 script, README "paper" line (DATAFREE §2.5)."""
-  return ml_collections.ConfigDict(dict(
-      enabled=False, batch_size=256, iterations=2000, lr=0.05,
-      r_feature=10.0, first_bn_multiplier=1.0, tv_l2=2.5e-5, l2=0.0,
-      jitter=2, cig_scale=0.0, adi_temperature=3.0,
-      # Optional KD of a student on synthesised batches (0 = figure only).
-      kd_batches=0, kd_student_arch='resnet18', kd_epochs=0,
-      kd_temperature=3.0))
 
 
 def _parse_value(text: str, current: Any) -> Any:
@@ -182,6 +172,9 @@ def parse_arg(arg: str | None, default_arch: str
       if key == 'arch':
         arch = value
       else:
+        if key == 'extensions':
+          # Now, so that their config groups exist for the overrides.
+          methods.load_extensions(value)
         overrides.append((key, value))
     elif i == 0:
       arch = item
@@ -225,7 +218,7 @@ def finish(config: ml_collections.ConfigDict,
 
 def check_archs(config: ml_collections.ConfigDict) -> None:
   """Raises if the teacher or a student names no known architecture."""
-  names = [config.teacher.arch] + pipeline.student_archs(config)
+  names = [config.teacher.arch] + methods.parse_list(config.students.archs)
   for name in names:
     if name not in models.MODEL_NAMES and not name.startswith('_tiny'):
       raise ValueError(f'Unknown architecture {name!r}. Valid: '

@@ -11,9 +11,10 @@ teacher (SGD 0.1, x0.1 before epochs 8 and 12, 15 epochs) and the plain CNN
 epochs), tau_A = tau_S = 4, alpha = 0.9. The 8-channel CNN leans on its
 teacher: the reference's 32-channel one reaches ~99.5% alone, and its KD
 from the nasty teacher was 1.11 and 0.28 points below KD from the normal
-one in seeds 0 and 1 but 0.56 above in seed 2 (measured). omega is 0.06: on this easy task CIFAR-10's 0.04 barely
-changes the students, while 0.08 already costs the teacher ~3 points and
-0.1-0.3 make its training collapse (measured, seed 0). `mlp` is no student
+one in seeds 0 and 1 but 0.56 above in seed 2 (measured). omega is 0.06: on
+this easy task CIFAR-10's 0.04 barely changes the students, while 0.08
+already costs the teacher ~3 points and 0.1-0.3 make its training collapse
+(measured, seed 0). `mlp` is no student
 here: the reference's ReLU on its logits leaves whole classes dead on digits.
 """
 
@@ -44,14 +45,15 @@ def _data_free(config):
   loss weights (oh 1, ie 5, a 0.1) with the CIFAR optimisers; about 8
   minutes per teacher. Give it `model.num_channels=32` (the registry's
   digits_table6 does): the default 8-channel CNN learns only ~57% from
-  generated images, from either teacher (seed 0). DeepInversion: one 100-image batch (10 per class)
-  per teacher for the figure, 500 iterations of the README's "better
-  images" line (lr 0.1, TV 1e-3) but BN weight 1: at 10 the BN term
-  swamps the CE and the digits teacher labels its batch at chance.
+  generated images, from either teacher (seed 0). DeepInversion: one
+  100-image batch (10 per class) per teacher for the figure, 500 iterations
+  of the README's "better images" line (lr 0.1, TV 1e-3) but BN weight 1: at
+  10 the BN term swamps the CE and the digits teacher labels its batch at
+  chance.
   """
   config.dafl.update(dict(
       student_arch='net', num_epochs=12, iters_per_epoch=20, batch_size=64,
       latent_dim=100, milestones=(8, 10), oh=1.0, ie=5.0, a=0.1))
   config.deepinversion.update(dict(
       batch_size=100, iterations=500, lr=0.1, r_feature=1.0, tv_l2=1e-3,
-      kd_student_arch='net'))
+      student_arch='net'))

@@ -4,16 +4,16 @@
   python -m nasty_jax.experiments run cifar10_table1 --workdir DIR
   python -m nasty_jax.experiments report cifar10_table1 --workdir DIR
 
-Entries are data: runs (config file, argument, `--config.x=y` overrides,
-a folder) and the tables and figures drawn from their results.json files;
-no training code. Runs with the same name share one folder per seed, so
-e.g. Figure 4 reuses Table 1's teachers. The paper's numbers sit in the
-cells; None where no stored copy of the paper could be read (reported as
-n/a): Table 6 comes from DATAFREE.md §3, two CIFAR-100 teacher accuracies
-from the first author's reply in VITA-Group/Nasty-Teacher issue #13. The
-stored copies of the paper searched for Tables 1-5 (readkong.com page
-6629087, SPIQA's 2105.07381v1 LaTeX) gave only their opening text, so those
-tables' other numbers stay None.
+Entries are data: runs (config file, argument, `--config.x=y` overrides, a
+folder) and the tables and figures drawn from their results.json files; no
+training code. Runs with the same name share one folder per seed, so e.g. Figure
+4 reuses Table 1's teachers. The paper's numbers sit in the cells; None where no
+stored copy of the paper could be read (reported as n/a): Table 6 comes from
+docs/data_free.md#the-papers-data-free-results, two CIFAR-100 teacher accuracies
+from the first author's reply in VITA-Group/Nasty-Teacher issue #13. The stored
+copies of the paper searched for Tables 1-5 (readkong.com page 6629087, SPIQA's
+2105.07381v1 LaTeX) gave only their opening text, so those tables' other numbers
+stay None.
 
 CIFAR-10/100 read TFDS's prepared `cifar10` / `cifar100` and Tiny-ImageNet
 a prepared `tiny_imagenet` (`python -m nasty_jax.data.prepare NAME`, once,
@@ -27,14 +27,14 @@ the CIFAR-100 ResNet-18 teacher with ShuffleNetV2 and MobileNetV2.
 """
 
 from configs import digits
-from nasty_jax.experiments import Cell
-from nasty_jax.experiments import Entry
-from nasty_jax.experiments import Panel
-from nasty_jax.experiments import Plot
-from nasty_jax.experiments import Run
-from nasty_jax.experiments import Series
-from nasty_jax.experiments import StageRef
-from nasty_jax.experiments import Table
+from nasty_jax.experiment_schema import Cell
+from nasty_jax.experiment_schema import Entry
+from nasty_jax.experiment_schema import Panel
+from nasty_jax.experiment_schema import Plot
+from nasty_jax.experiment_schema import Run
+from nasty_jax.experiment_schema import Series
+from nasty_jax.experiment_schema import StageRef
+from nasty_jax.experiment_schema import Table
 
 C10 = 'configs/cifar10.py'
 C100 = 'configs/cifar100.py'
@@ -251,14 +251,16 @@ _HUB_STUDENTS = {
 }
 _TEACHERS = tuple(_HUB_STUDENTS)
 
-_FULL_SCHEDULE = ('The reference schedule of the config file (SPEC §4), '
-                  'seeds as given to `run`.')
+_FULL_SCHEDULE = ('The reference schedule of the config file '
+                  '(docs/reference.md#hyper-parameters), seeds as given to '
+                  '`run`.')
 
 ENTRIES = [
     pipeline_entry('cifar10_table1', 'Table 1: CIFAR-10, ResNet-18 teacher',
                    C10, 'resnet18', _C10_STUDENTS, run_name='cifar10/resnet18',
                    note=_FULL_SCHEDULE + ' ω = 0.04 as the reference code '
-                   '(the paper text says 0.004, SPEC §8.1).'),
+                   '(the paper text says 0.004; docs/reference.md, "Where '
+                   'the paper and the code differ").'),
 ]
 for _t in _TEACHERS:
   ENTRIES.append(pipeline_entry(
@@ -379,8 +381,9 @@ for _dataset, _config, _title in (('cifar10', C10, 'CIFAR-10'),
                   Cell(_run, 'dafl/nasty', _paper['dafl/nasty'],
                        _dafl_normal))))),),
       note=_FULL_SCHEDULE + ' Stages dafl/normal and dafl/nasty (DAFL, '
-      'DATAFREE.md §1); deepinversion/normal and deepinversion/nasty draw '
-      'Figure 6 into the run folder (deepinversion/normal_vs_nasty.png).'))
+      'docs/data_free.md#dafl); deepinversion/normal and '
+      'deepinversion/nasty draw Figure 6 into the run folder '
+      '(deepinversion/normal_vs_nasty.png).'))
 
 # --- Figures 3-5: ablations. -----------------------------------------------
 
@@ -388,10 +391,10 @@ _FIG_SWEEPS = {
     'fig3': ('Figure 3: the weight ω of the self-undermining term',
              dict(kind='nasty', key='nasty.omega', xlabel='ω', log_x=True)),
     'fig4': ('Figure 4: the students\' temperature τ_S',
-             dict(kind='student', key='students.temperature', xlabel='τ_S',
+             dict(kind='student', key='kd.temperature', xlabel='τ_S',
                   log_x=True)),
     'fig5a': ('Figure 5a: the KD weight α',
-              dict(kind='student', key='students.alpha', xlabel='α')),
+              dict(kind='student', key='kd.alpha', xlabel='α')),
     'fig5b': ('Figure 5b: the percentage of training data for the students',
               dict(kind='data', key='dataset.subset_percent',
                    xlabel='% of training data', scale=0.01)),
@@ -477,10 +480,10 @@ ENTRIES += ablation_entries(
     'configs/digits.py\'s schedule.',
     fig3=(_around(_DIGITS.nasty.omega, (0.01, 0.03, 0.06, 0.09)),
           _DIGITS.nasty.omega),
-    fig4=(_around(_DIGITS.students.temperature, (1, 2, 4, 8, 16)),
-          _DIGITS.students.temperature),
-    fig5a=(_around(_DIGITS.students.alpha, (0.1, 0.3, 0.5, 0.7, 0.9)),
-           _DIGITS.students.alpha),
+    fig4=(_around(_DIGITS.kd.temperature, (1, 2, 4, 8, 16)),
+          _DIGITS.kd.temperature),
+    fig5a=(_around(_DIGITS.kd.alpha, (0.1, 0.3, 0.5, 0.7, 0.9)),
+           _DIGITS.kd.alpha),
     fig5b=((10, 30, 50, 70), 100))
 
 # Table 6 and Figure 6 on digits: DAFL and DeepInversion against Table 1's

@@ -112,6 +112,9 @@ def main() -> None:
     with open(args.json, 'w') as f:
       json.dump({'meta': {'torch': torch.__version__,
                           'threads': torch.get_num_threads(),
+                          'allocator': ('tcmalloc' if 'tcmalloc' in
+                                        os.environ.get('LD_PRELOAD', '')
+                                        else 'glibc'),
                           'machine': platform.processor() or platform.machine(),
                           'load_average': list(os.getloadavg())},
                  'steps': rows}, f, indent=1)

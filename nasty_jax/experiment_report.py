@@ -1,7 +1,7 @@
 """Markdown tables and figures of an experiment entry, over seeds.
 
 `write_report(entry, results, out_dir)` reads the numbers an entry's tables
-and plots name (`experiments.Cell`: a run's results.json key) for every
+and plots name (`experiment_schema.Cell`: a run's results.json key) for every
 seed, and writes `<entry>.md` (tables beside the paper's numbers, for the
 best and for the last epoch), `<entry>.json` (the same numbers with the
 per-seed values) and one PNG per plot, with mean ± standard deviation over
@@ -24,23 +24,23 @@ import numpy as np
 from nasty_jax import results as results_lib
 
 KINDS = results_lib.KINDS
-TEACHERS = results_lib.TEACHERS
-STUDENT_ROLES = results_lib.STUDENT_ROLES
 # {run name: {seed: results.json}}.
 Results = Mapping[str, Mapping[int, Mapping[str, Any]]]
 
 
 def lookup(results: Mapping[str, Any], key: str, kind: str) -> float | None:
   """Accuracy `key` ('normal', 'kd_nasty/net', 'dafl/nasty', ...) of kind
-  'best' or 'last' in one results.json, or None if it is not there."""
-  if key in TEACHERS:
-    found = results.get('teachers', {}).get(key)
+  'best' or 'last' in one results.json, or None if it is not there.
+
+  A key is a teacher's name, a student's '<role>/<arch>' or a stage name.
+  """
+  role, _, arch = key.partition('/')
+  if key in results.get('teachers', {}):
+    found = results['teachers'][key]
+  elif role in results.get('students', {}).get(arch, {}):
+    found = results['students'][arch][role]
   else:
-    role, _, arch = key.partition('/')
-    if role in STUDENT_ROLES:
-      found = results.get('students', {}).get(arch, {}).get(role)
-    else:
-      found = results.get('stages', {}).get(key)
+    found = results.get('stages', {}).get(key)
   value = None if found is None else found.get(kind)
   return None if value is None else float(value)
 
@@ -160,7 +160,7 @@ def write_report(entry, results: Results, out_dir: str) -> list[str]:
   """Writes `<name>.md`, `<name>.json` and `<name>_<plot>.png`.
 
   Args:
-    entry: an `experiments.Entry`.
+    entry: an `experiment_schema.Entry`.
     results: {run name: {seed: results.json}} (`experiments.gather_results`).
     out_dir: the output folder (created if needed).
 

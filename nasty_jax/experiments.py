@@ -26,13 +26,12 @@ from nasty_jax import runtime  # Before jax starts: it sets XLA_FLAGS.
 
 runtime.set_cpu_flags()
 
-import dataclasses
 import importlib
 import json
 import os
 import shlex
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import jax
 import ml_collections
@@ -41,135 +40,17 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from nasty_jax import engine
 from nasty_jax import experiment_report
+from nasty_jax import experiment_schema as schema
 from nasty_jax import pipeline
-from nasty_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REGISTRY_MODULE = 'experiments.registry'
 RESULTS_FILE = 'results.json'
 
 
-@dataclasses.dataclass(frozen=True)
-class StageRef:
-  """The folder of stage `stage` of run `run`, same seed: a checkpoint."""
-  run: str
-  stage: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """One invocation of the main command (one folder per seed).
-
-  Attributes:
-    name: folder under the workdir; entries naming the same run share it
-      and must define it identically (stages aside).
-    config: config file, relative to the repository root.
-    arg: the config argument (the text after ':').
-    overrides: `(dotted key, value)` pairs, as `--config.key=value`; a
-      `StageRef` value becomes that stage's folder.
-    stages: `config.stages`: what this entry needs of the run.
-  """
-  name: str
-  config: str
-  arg: str = ''
-  overrides: tuple[tuple[str, str | StageRef], ...] = ()
-  stages: str = 'all'
-
-  @property
-  def refs(self) -> tuple[StageRef, ...]:
-    return tuple(v for _, v in self.overrides if isinstance(v, StageRef))
-
-  @property
-  def identity(self) -> tuple[Any, ...]:
-    """What must agree between entries sharing the run's folder."""
-    return (self.config, self.arg, self.overrides)
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-  """One number of a report: `key` of run `run`'s results.json.
-
-  Attributes:
-    run: the run's name.
-    key: 'normal' / 'nasty' (teacher accuracy), '<role>/<arch>' (a student:
-      baseline, kd_normal, kd_nasty), or any stage name ('dafl/nasty').
-    paper: the paper's number (None: not available).
-    versus: the cell this one's change is measured against (a student
-      against its baseline, the nasty teacher against the normal one).
-  """
-  run: str
-  key: str
-  paper: float | None = None
-  versus: 'Cell | None' = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Table:
-  """A markdown table: labelled rows of cells (None: an empty cell)."""
-  title: str
-  columns: tuple[str, ...]
-  rows: tuple[tuple[str, tuple[Cell | None, ...]], ...]
-  note: str = ''
-
-
-@dataclasses.dataclass(frozen=True)
-class Series:
-  """A line of a plot panel: one cell per x value."""
-  label: str
-  cells: tuple[Cell, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class Panel:
-  """One axes: series over x, and horizontal reference lines."""
-  title: str
-  series: tuple[Series, ...]
-  references: tuple[tuple[str, Cell], ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class Plot:
-  """An ablation figure (PNG): panels side by side sharing the x values."""
-  name: str
-  title: str
-  xlabel: str
-  xs: tuple[float, ...]
-  panels: tuple[Panel, ...]
-  log_x: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-  """A table row group or ablation of the paper.
-
-  Attributes:
-    name: what `run NAME` / `report NAME` take.
-    title: the paper's table or figure it reproduces.
-    runs: the runs, in dependency order.
-    tables: what `report` tabulates.
-    plots: what `report` draws.
-    note: the schedule and anything that differs from the paper.
-  """
-  name: str
-  title: str
-  runs: tuple[Run, ...]
-  tables: tuple[Table, ...] = ()
-  plots: tuple[Plot, ...] = ()
-  note: str = ''
-
-  def cells(self) -> Iterable[Cell]:
-    for table in self.tables:
-      for _, cells in table.rows:
-        yield from (c for c in cells if c is not None)
-    for plot in self.plots:
-      for panel in plot.panels:
-        for series in panel.series:
-          yield from series.cells
-        yield from (cell for _, cell in panel.references)
-
-
-def load_registry(module: str = REGISTRY_MODULE) -> dict[str, Entry]:
+def load_registry(module: str = REGISTRY_MODULE) -> dict[str, schema.Entry]:
   """Every entry of the registry module (its `ENTRIES`), by name."""
   if REPO not in sys.path:
     sys.path.insert(0, REPO)
@@ -177,7 +58,7 @@ def load_registry(module: str = REGISTRY_MODULE) -> dict[str, Entry]:
   return {entry.name: entry for entry in entries}
 
 
-def get_entry(name: str, registry: dict[str, Entry]) -> Entry:
+def get_entry(name: str, registry: dict[str, schema.Entry]) -> schema.Entry:
   """The entry `name`; raises listing the valid names."""
   if name not in registry:
     raise ValueError(f'Unknown experiment {name!r}. Valid: '
@@ -190,19 +71,21 @@ def run_dir(workdir: str, run_name: str, seed: int) -> str:
   return os.path.join(workdir, run_name, f'seed{seed}')
 
 
-def flag_overrides(run: Run, workdir: str, seed: int) -> list[str]:
+def flag_overrides(run: schema.Run, workdir: str, seed: int) -> list[str]:
   """The run's `--config.key=value` flags for one seed (refs resolved)."""
   out = [f'--config.seed={seed}']
   for key, value in run.overrides:
-    if isinstance(value, StageRef):
-      value = os.path.join(run_dir(workdir, value.run, seed), value.stage)
+    if isinstance(value, schema.StageRef):
+      value = os.path.join(
+          run_dir(workdir, value.run,
+                  seed if value.seed is None else value.seed), value.stage)
     out.append(f'--config.{key}={value}')
   if run.stages != 'all':
     out.append(f'--config.stages={run.stages}')
   return out
 
 
-def config_flag(run: Run) -> str:
+def config_flag(run: schema.Run) -> str:
   path = run.config + (f':{run.arg}' if run.arg else '')
   return f'--config={path}'
 
@@ -249,14 +132,14 @@ def load_config(config_arg: str, overrides: Sequence[str] = ()
   return config
 
 
-def run_config(run: Run, workdir: str, seed: int
+def run_config(run: schema.Run, workdir: str, seed: int
                ) -> ml_collections.ConfigDict:
   """The config of `run` for `seed`, stage references resolved."""
   return load_config(config_flag(run)[len('--config='):],
                      flag_overrides(run, workdir, seed))
 
 
-def command(run: Run, workdir: str, seed: int) -> str:
+def command(run: schema.Run, workdir: str, seed: int) -> str:
   """The main command line equivalent to running `run` for `seed`."""
   args = ['python', '-m', 'nasty_jax.main', config_flag(run),
           *flag_overrides(run, workdir, seed),
@@ -264,7 +147,7 @@ def command(run: Run, workdir: str, seed: int) -> str:
   return ' '.join(shlex.quote(a) for a in args)
 
 
-def check_entry(entry: Entry, workdir: str = 'DIR') -> None:
+def check_entry(entry: schema.Entry, workdir: str = 'DIR') -> None:
   """Loads every run's config and checks the entry hangs together.
 
   Raises:
@@ -282,6 +165,10 @@ def check_entry(entry: Entry, workdir: str = 'DIR') -> None:
         raise ValueError(
             f'{entry.name}: run {run.name!r} reads {ref.run!r}, which is '
             'not listed before it.')
+      if ref.seed != runs[ref.run].seed:
+        raise ValueError(
+            f'{entry.name}: run {run.name!r} reads {ref.run!r} at seed '
+            f'{ref.seed}, but that run has seed {runs[ref.run].seed}.')
       if ref.stage not in selected[ref.run]:
         raise ValueError(
             f'{entry.name}: run {run.name!r} reads stage {ref.stage!r} of '
@@ -297,7 +184,7 @@ def check_entry(entry: Entry, workdir: str = 'DIR') -> None:
                        f'which the entry does not list.')
 
 
-def check_registry(registry: dict[str, Entry]) -> None:
+def check_registry(registry: dict[str, schema.Entry]) -> None:
   """`check_entry` for every entry, and shared runs defined identically.
 
   Raises:
@@ -326,10 +213,10 @@ def _selected_done(config: ml_collections.ConfigDict, directory: str) -> bool:
     # Written by an earlier subset of stages, or before the last finished.
     incomplete = set(json.load(f).get('incomplete', []))
   return not incomplete & {s.spec.name for s in stages} and all(
-      train.read_result(s.directory) is not None for s in stages)
+      engine.read_result(s.directory) is not None for s in stages)
 
 
-def run_entry(entry: Entry, workdir: str, seeds: Sequence[int]
+def run_entry(entry: schema.Entry, workdir: str, seeds: Sequence[int]
               ) -> dict[str, Any]:
   """Runs (or resumes, or skips) every run of `entry` for every seed.
 
@@ -338,38 +225,48 @@ def run_entry(entry: Entry, workdir: str, seeds: Sequence[int]
   """
   check_entry(entry, workdir)
   outcome = {'ran': [], 'skipped': [], 'preempted': False}
-  for seed in seeds:
-    for run in entry.runs:
-      directory = run_dir(workdir, run.name, seed)
-      config = run_config(run, workdir, seed)
-      if _selected_done(config, directory):
-        logging.info('%s seed %d: %s is complete; skipping.', entry.name,
-                     seed, directory)
-        outcome['skipped'].append((run.name, seed))
-        continue
-      logging.info('%s seed %d: %s', entry.name, seed,
-                   command(run, workdir, seed))
-      if jax.process_index() == 0:
-        pipeline.write_config(config, directory)
-      result = pipeline.run(config, directory)
-      outcome['ran'].append((run.name, seed))
-      if result.get('status') == 'preempted':
-        logging.warning('Pre-empted in %s; run the same command again to '
-                        'resume.', directory)
-        outcome['preempted'] = True
-        return outcome
+  for run, seed in run_seeds(entry, seeds):
+    directory = run_dir(workdir, run.name, seed)
+    config = run_config(run, workdir, seed)
+    if _selected_done(config, directory):
+      logging.info('%s seed %d: %s is complete; skipping.', entry.name,
+                   seed, directory)
+      outcome['skipped'].append((run.name, seed))
+      continue
+    logging.info('%s seed %d: %s', entry.name, seed,
+                 command(run, workdir, seed))
+    if jax.process_index() == 0:
+      pipeline.write_config(config, directory)
+    result = pipeline.run(config, directory)
+    outcome['ran'].append((run.name, seed))
+    if result.get('status') == 'preempted':
+      logging.warning('Pre-empted in %s; run the same command again to '
+                      'resume.', directory)
+      outcome['preempted'] = True
+      return outcome
   return outcome
 
 
-def describe(entry: Entry, workdir: str = 'DIR',
+def run_seeds(entry: schema.Entry, seeds: Sequence[int]
+              ) -> list[tuple[schema.Run, int]]:
+  """(run, seed) in execution order: seed by seed, a fixed-seed run once."""
+  out = []
+  for requested in seeds:
+    for run in entry.runs:
+      pair = (run, requested if run.seed is None else run.seed)
+      if pair not in out:
+        out.append(pair)
+  return out
+
+
+def describe(entry: schema.Entry, workdir: str = 'DIR',
              seeds: Sequence[int] = (0,)) -> str:
   """The entry's title, note and every run as a main command line."""
   lines = [f'{entry.name}: {entry.title}']
   if entry.note:
     lines.append(f'  {entry.note}')
-  for seed in seeds:
-    for run in entry.runs:
-      lines.append('  ' + command(run, workdir, seed))
+  for run, seed in run_seeds(entry, seeds):
+    lines.append('  ' + command(run, workdir, seed))
   return '\n'.join(lines)
 
 
@@ -385,7 +282,7 @@ def parse_seeds(text: str) -> list[int]:
   return seeds
 
 
-def gather_results(entry: Entry, workdir: str,
+def gather_results(entry: schema.Entry, workdir: str,
                    seeds: Sequence[int] | None = None
                    ) -> dict[str, dict[int, dict[str, Any]]]:
   """{run name: {seed: results.json}} of the entry's finished runs.
@@ -398,7 +295,7 @@ def gather_results(entry: Entry, workdir: str,
   out = {}
   for run in entry.runs:
     base = os.path.join(workdir, run.name)
-    found = seeds
+    found = seeds if run.seed is None else [run.seed]
     if found is None:
       names = os.listdir(base) if os.path.isdir(base) else []
       found = sorted(int(n[4:]) for n in names
@@ -448,7 +345,7 @@ def main(argv: Sequence[str]) -> None:
   seeds = parse_seeds(flags.FLAGS.seeds) if flags.FLAGS.seeds else None
   if verb == 'run':
     runtime.configure()
-    train.install_preemption_handler()
+    engine.install_preemption_handler()
     run_entry(entry, workdir, seeds or [0])
   else:
     if not os.path.isdir(workdir):
@@ -461,9 +358,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  # The registry builds its runs from `nasty_jax.experiments`; run that
-  # module's code, not this `__main__` copy, so the classes are the same.
-  # pylint: disable-next=import-self,g-import-not-at-top
-  from nasty_jax import experiments
-  experiments.define_flags()
-  app.run(experiments.main)
+  define_flags()
+  app.run(main)

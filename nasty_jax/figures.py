@@ -1,20 +1,21 @@
 """Figures 1 and 2 of the paper from a normal and a nasty teacher.
 
   python -m nasty_jax.figures fig1 --config=configs/digits.py \\
-      --normal=DIR/normal --nasty=DIR/nasty --out=fig1.png
+      --teachers=normal=DIR/normal,nasty=DIR/nasty --out=fig1.png
   python -m nasty_jax.figures fig2 --config=configs/digits.py \\
-      --normal=DIR/normal --nasty=DIR/nasty --out=fig2.png
+      --teachers=normal=DIR/normal,nasty=DIR/nasty --out=fig2.png
 
-`--normal` / `--nasty` are finished stage folders (their `best/`
-checkpoints, what later stages read) or converted checkpoints; the config
+`--teachers` names any number of teachers (label=folder, e.g. a defense's
+stage beside the normal one): finished stage folders (their `best/`
+checkpoints, what later stages read) or converted checkpoints. The config
 (with the same `--config.x=y` overrides as the main command) names the
-dataset. The architecture is read from the checkpoint.
+dataset; the architecture is read from each checkpoint.
 
 * fig1 (Figure 1): the teachers' softmax responses at temperatures τ
-  (default 1 and 4) on the first few test images, normal beside nasty.
+  (default 1 and 4) on the first few test images, side by side.
 * fig2 (Figure 2): t-SNE (scikit-learn) of a test subset's penultimate
   features (the classifier's input, `return_features=True`) and of its
-  logits, coloured by class, normal above nasty.
+  logits, coloured by class, one row per teacher.
 """
 
 import functools
@@ -38,11 +39,10 @@ import threadpoolctl
 
 from nasty_jax import checkpointing
 from nasty_jax import data as data_lib
-from nasty_jax import train
+from nasty_jax import programs
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-ROLES = ('normal', 'nasty')
-COLORS = {'normal': 'tab:blue', 'nasty': 'tab:red'}
+COLORS = ('tab:blue', 'tab:red', 'tab:green', 'tab:purple', 'tab:orange')
 
 
 def test_images(config: ml_collections.ConfigDict, count: int
@@ -72,7 +72,7 @@ def teacher_outputs(config: ml_collections.ConfigDict, stage_dir: str,
   """
   _, meta = checkpointing.load_variables(stage_dir)
   arch = meta.get('arch') or config.teacher.arch
-  model, variables = train.load_frozen(config, arch, stage_dir)
+  model, variables = programs.load_frozen(config, arch, stage_dir)
   apply = jax.jit(functools.partial(model.apply, train=False,
                                     return_features=True))
   logits, features = [], []
@@ -105,19 +105,20 @@ def softmax_figure(logits: dict[str, np.ndarray], images: np.ndarray,
                    path: str) -> None:
   """Figure 1: per image, the two teachers' softmax at each temperature."""
   rows, cols = len(images), 1 + len(temperatures)
-  num_classes = logits['normal'].shape[-1]
+  teachers = list(logits)
+  num_classes = logits[teachers[0]].shape[-1]
   classes = np.arange(num_classes)
-  width = 0.4
+  width = 0.8 / len(teachers)
   fig, axes = plt.subplots(rows, cols, figsize=(2.2 + 3.2 * (cols - 1),
                                                 1.9 * rows), squeeze=False)
   for i in range(rows):
     _show_image(axes[i, 0], images[i], f'test image {i}, class {labels[i]}')
     for j, tau in enumerate(temperatures, start=1):
       ax = axes[i, j]
-      for k, role in enumerate(ROLES):
+      for k, role in enumerate(teachers):
         probs = softmax(logits[role][i], tau)
-        ax.bar(classes + (k - 0.5) * width, probs, width, color=COLORS[role],
-               label=f'{role} teacher')
+        ax.bar(classes + (k - (len(teachers) - 1) / 2) * width, probs, width,
+               color=COLORS[k % len(COLORS)], label=f'{role} teacher')
       ax.set_ylim(0, 1)
       ax.tick_params(labelsize=6)
       if num_classes <= 20:
@@ -144,11 +145,12 @@ def embed(x: np.ndarray, seed: int = 0) -> np.ndarray:
 
 def tsne_figure(outputs: dict[str, tuple[np.ndarray, np.ndarray]],
                 labels: np.ndarray, path: str, seed: int = 0) -> None:
-  """Figure 2: t-SNE of features and logits, normal above nasty."""
+  """Figure 2: t-SNE of features and logits, one row per teacher."""
   num_classes = int(labels.max()) + 1
   cmap = 'tab10' if num_classes <= 10 else 'nipy_spectral'
-  fig, axes = plt.subplots(2, 2, figsize=(7.5, 7), squeeze=False)
-  for i, role in enumerate(ROLES):
+  fig, axes = plt.subplots(len(outputs), 2, figsize=(7.5, 3.5 * len(outputs)),
+                           squeeze=False)
+  for i, role in enumerate(outputs):
     logits, features = outputs[role]
     for j, (name, x) in enumerate((('penultimate features', features),
                                    ('logits', logits))):
@@ -176,7 +178,7 @@ def make_figure(which: str, config: ml_collections.ConfigDict,
   Args:
     which: 'fig1' or 'fig2'.
     config: names the dataset (and model options).
-    checkpoints: {'normal': folder, 'nasty': folder}.
+    checkpoints: {label: folder}, in drawing order (e.g. normal, nasty).
     out: the PNG to write.
     num_images: test images used (default: 4 for fig1, 1000 for fig2).
     temperatures: fig1's softmax temperatures.
@@ -192,15 +194,15 @@ def make_figure(which: str, config: ml_collections.ConfigDict,
     raise ValueError(f'Unknown figure {which!r}; valid: fig1, fig2.')
   count = num_images or (4 if which == 'fig1' else 1000)
   images, labels = test_images(config, count)
-  outputs = {role: teacher_outputs(config, checkpoints[role], images)
-             for role in ROLES}
+  outputs = {role: teacher_outputs(config, folder, images)
+             for role, folder in checkpoints.items()}
   if which == 'fig1':
-    softmax_figure({r: outputs[r][0] for r in ROLES}, images, labels,
+    softmax_figure({r: o[0] for r, o in outputs.items()}, images, labels,
                    temperatures, out)
   else:
     tsne_figure(outputs, labels, out, seed)
-  accuracy = {r: float((outputs[r][0].argmax(-1) == labels).mean() * 100)
-              for r in ROLES}
+  accuracy = {r: float((o[0].argmax(-1) == labels).mean() * 100)
+              for r, o in outputs.items()}
   logging.info('%s: %d test images, accuracy %s -> %s', which, len(labels),
                accuracy, out)
   return {'labels': labels.tolist(), 'accuracy': accuracy, 'path': out}
@@ -211,22 +213,27 @@ def define_flags() -> None:
   config_flags.DEFINE_config_file(
       'config', None, 'configs/<dataset>.py[:ARG]: names the dataset.',
       lock_config=True)
-  flags.DEFINE_string('normal', None, 'The normal teacher\'s stage folder.')
-  flags.DEFINE_string('nasty', None, 'The nasty teacher\'s stage folder.')
+  flags.DEFINE_list('teachers', None, 'label=folder pairs, e.g. '
+                    'normal=DIR/normal,nasty=DIR/nasty.')
   flags.DEFINE_string('out', None, 'The PNG to write.')
   flags.DEFINE_integer('num_images', None,
                        'Test images (default: fig1 4, fig2 1000).')
   flags.DEFINE_list('temperatures', ['1', '4'], 'fig1: softmax temperatures.')
   flags.DEFINE_integer('seed', 0, 'fig2: the t-SNE seed.')
-  flags.mark_flags_as_required(['config', 'normal', 'nasty', 'out'])
+  flags.mark_flags_as_required(['config', 'teachers', 'out'])
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) != 2:
     raise app.UsageError('Usage: python -m nasty_jax.figures {fig1,fig2} '
-                         '--config=... --normal=DIR --nasty=DIR --out=PNG')
+                         '--config=... --teachers=normal=DIR,nasty=DIR '
+                         '--out=PNG')
   f = flags.FLAGS
-  make_figure(argv[1], f.config, {'normal': f.normal, 'nasty': f.nasty},
+  pairs = [t.partition('=') for t in f.teachers]
+  if any(not label or not folder for label, _, folder in pairs):
+    raise app.UsageError('--teachers takes label=folder pairs, e.g. '
+                         'normal=DIR/normal,nasty=DIR/nasty.')
+  make_figure(argv[1], f.config, {label: folder for label, _, folder in pairs},
               f.out, num_images=f.num_images,
               temperatures=[float(t) for t in f.temperatures], seed=f.seed)
 

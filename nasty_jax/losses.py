@@ -8,7 +8,8 @@ Conventions shared by every function here:
   from a mixed-precision forward are safe; float64 stays float64 under
   `jax_enable_x64`.
 * Log-probabilities always come from `log_softmax`, never `log(softmax)`: a
-  softmax that underflows to 0 would turn `0 * log 0` into NaN (SPEC §5.2).
+  softmax that underflows to 0 would turn `0 * log 0` into NaN
+  (docs/reference.md#nasty-loss).
 
 The two training losses return `(loss, aux)` so a step can call
 `jax.value_and_grad(fn, has_aux=True)` and log `aux` directly:
@@ -16,7 +17,7 @@ The two training losses return `(loss, aux)` so a step can call
 * `kd_loss`: aux = {'ce': CE(s, y), 'kl': T^2 * KL(p_t || p_s)}.
 * `nasty_loss`: aux = {'ce': CE(n, y), 'kl': T^2 * KL(p_n || p_adv)}; 'kl' is
   upstream's logged "adversarial loss" (no omega). Upstream's `+100` constant
-  is dropped: it changes no gradient (SPEC §5.2).
+  is dropped: it changes no gradient (docs/reference.md#nasty-loss).
 """
 
 from typing import Any
@@ -126,7 +127,11 @@ def kd_kl(student_logits: Array, teacher_logits: Array,
   log_p_teacher = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
   # exp(log p) is 0 where the softmax underflows, and both logs are finite,
   # so underflowed classes contribute exactly 0 (torch's target == 0 rule).
-  kl = jnp.sum(jnp.exp(log_p_teacher) * (log_p_teacher - log_p_student),
+  # A teacher logit of -inf (a top-k or label-only target) has log p = -inf:
+  # its term is 0 * log 0 = 0, computed as 0 * (0 - log q).
+  log_p_teacher_safe = jnp.where(jnp.isfinite(log_p_teacher), log_p_teacher,
+                                 0.0)
+  kl = jnp.sum(jnp.exp(log_p_teacher) * (log_p_teacher_safe - log_p_student),
                axis=-1)
   return temperature**2 * jnp.mean(kl)
 
@@ -164,7 +169,8 @@ def nasty_loss(teacher_logits: Array, adversarial_logits: Array,
 
   CE(n, y) - omega * T^2 * KL(p_n || p_adv). The gradient reaches the nasty
   network's logits n through the CE *and* through the KL target softmax(n/T),
-  which must not be stop-gradiented (SPEC §5.2); the adversary is constant.
+  which must not be stop-gradiented (docs/reference.md#nasty-loss); the
+  adversary is constant.
 
   Args:
     teacher_logits: (B, C) logits n of the nasty teacher being trained.
@@ -185,3 +191,91 @@ def nasty_loss(teacher_logits: Array, adversarial_logits: Array,
              temperature)
   loss = ce - omega * kl
   return loss, {'ce': ce, 'kl': kl}
+
+
+def label_smoothing_cross_entropy(logits: Array, labels: Array,
+                                  epsilon: Scalar,
+                                  spread: str = 'uniform') -> Array:
+  """Mean CE against label-smoothed targets (Szegedy et al. 2016).
+
+  Args:
+    logits: (B, C) logits.
+    labels: (B,) integer labels.
+    epsilon: the mass taken off the label, in [0, 1).
+    spread: 'uniform': target (1 - eps) * onehot + eps / C, Szegedy's form;
+      'others': eps / (C - 1) on every other class, the label keeping
+      1 - eps (the form of the MCMI authors' code).
+
+  Returns:
+    The scalar batch-mean cross-entropy.
+  """
+  logits = upcast(logits)
+  _check_logits('logits', logits)
+  num_classes = logits.shape[-1]
+  onehot = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
+  if spread == 'uniform':
+    target = (1.0 - epsilon) * onehot + epsilon / num_classes
+  elif spread == 'others':
+    target = (1.0 - epsilon) * onehot + epsilon / (num_classes - 1) * (
+        1.0 - onehot)
+  else:
+    raise ValueError(f"spread must be 'uniform' or 'others'; got {spread!r}.")
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.mean(jnp.sum(target * log_p, axis=-1))
+
+
+def top_k_logits(logits: Array, k: int) -> Array:
+  """Keeps each row's k largest logits and sets the others to -inf.
+
+  Ties at the k-th value keep the lowest class indices (`lax.top_k`'s
+  order), so exactly k entries stay; k >= C returns the logits unchanged.
+  The kept logits keep their values: a softmax at any temperature then
+  renormalises over them (Stingy's sparsification, a top-k API; k = 1 is
+  the label only).
+  """
+  logits = jnp.asarray(logits)
+  _check_logits('logits', logits)
+  num_classes = logits.shape[-1]
+  if not 1 <= k:
+    raise ValueError(f'k must be >= 1; got {k}.')
+  if k >= num_classes:
+    return logits
+  _, index = jax.lax.top_k(logits, k)
+  keep = jnp.zeros(logits.shape, bool).at[
+      jnp.arange(logits.shape[0])[:, None], index].set(True)
+  return jnp.where(keep, logits, -jnp.inf)
+
+
+def skeptical_loss(heads: tuple[Array, ...], teacher_logits: Array,
+                   labels: Array, *, loc: int, temperature: Scalar,
+                   alpha: Scalar, distil: Array | bool
+                   ) -> tuple[Array, dict[str, Array]]:
+  """The Skeptical student's loss (Kundu et al. 2021, docs/attacks.md).
+
+  With `distil`: KD from the teacher into head `loc` (alpha * T^2 * KL +
+  (1 - alpha) * CE), self-distillation from the final head into head 1
+  (0.3 * KL(softmax(s0/T) || softmax(s1/T)), no T^2, the target *not*
+  stop-gradiented, as the authors' code) with 0.7 * CE on head 1, and CE
+  on the final head. Without it (before `kd_delay`): CE on the final head.
+
+  Args:
+    heads: logits of every head, final head first.
+    teacher_logits: the frozen teacher's logits.
+    labels: integer labels.
+    loc: the head the teacher distils into.
+    temperature: T of both KL terms.
+    alpha: the KD weight.
+    distil: whether the epoch is past the delay (traced bool).
+
+  Returns:
+    (loss, {'ce': CE of the final head, 'kl': T^2 * KL into head loc,
+    'self_kl': KL of head 1 to the final head}).
+  """
+  final, first = heads[0], heads[1]
+  ce = cross_entropy(final, labels)
+  kd, kd_terms = kd_loss(heads[loc], teacher_logits, labels, temperature,
+                         alpha)
+  self_kl = kd_kl(first, final, temperature) / temperature**2
+  full = kd + 0.3 * self_kl + 0.7 * cross_entropy(first, labels) + ce
+  loss = jnp.where(distil, full, ce)
+  return loss, {'ce': ce, 'kl': kd_terms['kl'], 'self_kl': self_kl}

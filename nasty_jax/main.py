@@ -22,7 +22,7 @@ from ml_collections import config_flags
 
 from nasty_jax import pipeline
 from nasty_jax import results as results_lib
-from nasty_jax import train
+from nasty_jax import engine
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,7 +59,7 @@ def main(argv):
       'runs', f'{config.dataset.name}_{config.teacher.arch}_seed{config.seed}')
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(),
                jax.process_count(), jax.devices())
-  train.install_preemption_handler()
+  engine.install_preemption_handler()
   if jax.process_index() == 0:
     pipeline.write_config(config, workdir)
   results = pipeline.run(config, workdir)

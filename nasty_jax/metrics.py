@@ -43,16 +43,45 @@ class FirstNonFinite(metrics.Metric):
 
 
 @flax.struct.dataclass
+class Terms(metrics.Metric):
+  """Averages of an objective's named terms (`methods.Objective`'s dict).
+
+  Each term is a scalar per step; like `metrics.Average` of scalars, the
+  total and the count are summed across devices and steps.
+  """
+  totals: dict[str, jnp.ndarray]
+  count: jnp.ndarray
+
+  @classmethod
+  def from_model_output(cls, *, terms, **_) -> 'Terms':
+    return cls(totals={k: jnp.asarray(v, jnp.float32).sum()
+                       for k, v in terms.items()},
+               count=jnp.array(1, jnp.int32))
+
+  def merge(self, other: 'Terms') -> 'Terms':
+    return type(self)(
+        totals={k: v + other.totals[k] for k, v in self.totals.items()},
+        count=self.count + other.count)
+
+  def reduce(self) -> 'Terms':
+    return type(self)(totals={k: v.sum(0) for k, v in self.totals.items()},
+                      count=self.count.sum(0))
+
+  def compute(self) -> dict[str, jnp.ndarray]:
+    return {k: v / self.count for k, v in self.totals.items()}
+
+
+@flax.struct.dataclass
 class TrainMetrics(metrics.Collection):
   """Per-step training metrics, averaged between log steps.
 
-  `ce` is the cross-entropy part of the objective and `kl` the T^2-scaled KL
-  term (the reference's logged "adversarial loss" in nasty mode; the KD term
-  for students; 0 for normal training).
+  `terms` are the objective's own named parts (for the built-in methods
+  `ce`, the cross-entropy, and `kl`, the T^2-scaled KL term: the
+  reference's logged "adversarial loss" in nasty mode, the KD term for
+  students, 0 for plain training).
   """
   loss: metrics.Average.from_output('loss')
-  ce: metrics.Average.from_output('ce')
-  kl: metrics.Average.from_output('kl')
+  terms: Terms
   accuracy: metrics.Average.from_output('accuracy')
   grad_norm: metrics.Average.from_output('grad_norm')
   learning_rate: metrics.LastValue.from_output('learning_rate')

@@ -1,13 +1,21 @@
 """The paper's pipeline for one config: teachers, then students, then tables.
 
-normal teacher -> nasty teacher (adversary: that normal teacher, as
-train_nasty.py) -> for every student architecture: baseline, KD from the
-normal teacher, KD from the nasty teacher (train_kd.py) -> when enabled, the
-data-free attacks of §4.4 on both teachers: a DAFL student from each
-(Table 6) and a DeepInversion batch of each (Figure 6). Each stage has its
-own folder under the workdir, is skipped once complete and resumes when
-interrupted (`train.py`). At the end `results.json` and `results.md` gather
-every finished stage into the paper's table shape.
+Stages come from the method registry (`methods.py`) and three config
+fields:
+
+* `config.teachers` ('normal+nasty'): the teacher-side methods, each
+  trained on `config.teacher.arch` (or read from `<group>.checkpoint`). A
+  teacher-side method's other frozen networks (nasty's adversary) default
+  to the normal teacher, as train_nasty.py has it.
+* `config.students.methods` ('ce+kd') over `config.students.archs`: a
+  student method that reads a teacher trains once per teacher
+  (`kd_normal/net`, `kd_nasty/net`), one that does not once (`baseline/net`).
+* data-free student methods switched on by `<group>.enabled` (DAFL,
+  DeepInversion): one stage per teacher (`dafl/nasty`).
+
+Each stage has its own folder under the workdir, is skipped once complete
+and resumes when interrupted (`engine.py`). At the end `results.json` and
+`results.md` gather every finished stage into the paper's table shape.
 """
 
 import dataclasses
@@ -19,124 +27,174 @@ import jax
 import ml_collections
 from absl import logging
 
+from nasty_jax import engine
+from nasty_jax import methods
+from nasty_jax import programs
 from nasty_jax import results as results_lib
-from nasty_jax import train
-from nasty_jax.data_free import dafl
 from nasty_jax.data_free import deepinversion
 
-# Selectors accepted by config.stages, besides single stage names.
-STAGE_GROUPS = ('all', 'normal', 'nasty', 'students', 'baseline',
-                'kd_normal', 'kd_nasty', 'dafl', 'deepinversion')
-# What runs a stage, by StageSpec.mode.
-RUNNERS = {
-    'normal': train.train_and_evaluate,
-    'nasty': train.train_and_evaluate,
-    'kd': train.train_and_evaluate,
-    dafl.MODE: dafl.run_dafl,
-    deepinversion.MODE: deepinversion.run_deepinversion,
-}
 # Figure 6, written once both DeepInversion stages are done.
 COMPARISON_FILE = 'deepinversion/normal_vs_nasty.png'
 
 
+def teacher_names(config: ml_collections.ConfigDict) -> list[str]:
+  """The teacher-side methods of `config.teachers`, in order."""
+  return methods.parse_list(config.teachers)
+
+
 def student_archs(config: ml_collections.ConfigDict) -> list[str]:
   """The student architectures ('+'-separated in config.students.archs)."""
-  text = config.students.archs.replace(',', '+')
-  return [a.strip() for a in text.split('+') if a.strip()]
+  return methods.parse_list(config.students.archs)
+
+
+def student_methods(config: ml_collections.ConfigDict) -> list[str]:
+  """The student-side methods of `config.students.methods`, in order."""
+  return methods.parse_list(config.students.methods)
 
 
 @dataclasses.dataclass(frozen=True)
 class PlannedStage:
-  spec: train.StageSpec
+  """A stage of the plan.
+
+  Attributes:
+    spec: what it trains.
+    directory: its folder.
+    needs: stage names whose `best/` it reads.
+    teacher: the teacher-side method it is (teachers) or reads (students).
+    student_arch: a student stage's architecture (None for teachers).
+  """
+  spec: programs.StageSpec
   directory: str
-  # Stage names whose `best/` this stage reads.
   needs: tuple[str, ...] = ()
+  teacher: str | None = None
+  student_arch: str | None = None
+
+
+def _method(name: str, role: str, where: str) -> methods.Method:
+  method = methods.get(name)
+  if method.role != role:
+    raise ValueError(
+        f'{where} lists {name!r}, a {method.role}-side method; valid here: '
+        f'{", ".join(methods.names(role))}.')
+  return method
 
 
 def plan(config: ml_collections.ConfigDict, workdir: str
          ) -> list[PlannedStage]:
-  """Every stage of the config's pipeline, in run order."""
-  teacher = config.teacher.arch
-  stages = []
+  """Every stage of the config's pipeline, in run order.
+
+  Raises:
+    ValueError: an unknown method, or one on the wrong side.
+  """
+  methods.load_extensions(config.extensions)
+  arch = config.teacher.arch
   own = lambda name: os.path.join(workdir, name)
-
-  normal_ckpt, normal_needs = config.teacher.checkpoint, ()
-  if normal_ckpt is None:
-    stages.append(PlannedStage(train.StageSpec('normal', 'normal', teacher),
-                               own('normal')))
-    normal_ckpt, normal_needs = own('normal'), ('normal',)
-
-  nasty_ckpt, nasty_needs = config.nasty.checkpoint, ()
-  if nasty_ckpt is None:
-    adversary_ckpt = config.nasty.adversary_checkpoint
-    adversary_needs = () if adversary_ckpt else normal_needs
-    stages.append(PlannedStage(
-        train.StageSpec('nasty', 'nasty', teacher,
-                        config.nasty.adversary_arch or teacher,
-                        adversary_ckpt or normal_ckpt),
-        own('nasty'), adversary_needs))
-    nasty_ckpt, nasty_needs = own('nasty'), ('nasty',)
-
-  for arch in student_archs(config):
-    stages.append(PlannedStage(
-        train.StageSpec(f'baseline/{arch}', 'normal', arch),
-        own(f'baseline/{arch}')))
-    stages.append(PlannedStage(
-        train.StageSpec(f'kd_normal/{arch}', 'kd', arch, teacher,
-                        normal_ckpt), own(f'kd_normal/{arch}'), normal_needs))
-    stages.append(PlannedStage(
-        train.StageSpec(f'kd_nasty/{arch}', 'kd', arch, teacher, nasty_ckpt),
-        own(f'kd_nasty/{arch}'), nasty_needs))
-
-  teachers = {'normal': (normal_ckpt, normal_needs),
-              'nasty': (nasty_ckpt, nasty_needs)}
-  for mode, cfg, arch in ((dafl.MODE, config.dafl, config.dafl.student_arch),
-                          (deepinversion.MODE, config.deepinversion,
-                           config.deepinversion.kd_student_arch)):
-    if not cfg.enabled:
+  stages = []
+  # Teacher name -> (checkpoint, stages it comes from).
+  teachers: dict[str, tuple[str, tuple[str, ...]]] = {}
+  for name in teacher_names(config):
+    method = _method(name, methods.TEACHER, 'config.teachers')
+    fields = methods.fields(config, method)
+    if fields.get('checkpoint'):
+      teachers[name] = (fields.checkpoint, ())
       continue
-    for role in results_lib.TEACHERS:
-      checkpoint, needs = teachers[role]
+    frozen, needs = [], ()
+    for role in method.frozen:
+      checkpoint = fields.get(f'{role}_checkpoint')
+      if checkpoint is None:
+        if 'normal' not in teachers:
+          raise ValueError(
+              f'Teacher {name!r} reads a frozen {role} (by default the '
+              "normal teacher): list 'normal' before it in config.teachers "
+              f'or set --config.{method.config_group}.{role}_checkpoint.')
+        checkpoint, needs = teachers['normal']
+      frozen.append(programs.FrozenSpec(
+          role, fields.get(f'{role}_arch') or arch, checkpoint))
+    stage = method.stage_name()
+    stages.append(PlannedStage(
+        programs.StageSpec(stage, name, arch, tuple(frozen)), own(stage),
+        needs, teacher=name))
+    teachers[name] = (own(stage), (stage,))
+
+  def reading(teacher):
+    checkpoint, needs = teachers[teacher]
+    return (programs.FrozenSpec(methods.TEACHER, arch, checkpoint),), needs
+
+  for student in student_archs(config):
+    for name in student_methods(config):
+      method = _method(name, methods.STUDENT, 'config.students.methods')
+      if method.per_teacher_stage:
+        raise ValueError(
+            f'{name!r} runs one stage per teacher: switch it on with '
+            f'--config.{method.config_group}.enabled=true rather than in '
+            'config.students.methods.')
+      for teacher in (list(teachers) if method.reads_teacher else [None]):
+        frozen, needs = reading(teacher) if teacher else ((), ())
+        stage = method.stage_name(teacher, student)
+        stages.append(PlannedStage(
+            programs.StageSpec(stage, name, student, frozen), own(stage),
+            needs, teacher=teacher, student_arch=student))
+
+  for name in methods.names(methods.STUDENT):
+    method = methods.get(name)
+    if not method.per_teacher_stage:
+      continue
+    fields = methods.fields(config, method)
+    if not fields.enabled:
+      continue
+    for teacher in teachers:
+      frozen, needs = reading(teacher)
+      stage = method.stage_name(teacher)
       stages.append(PlannedStage(
-          train.StageSpec(f'{mode}/{role}', mode, arch, teacher, checkpoint),
-          own(f'{mode}/{role}'), needs))
+          programs.StageSpec(stage, name, fields.student_arch, frozen),
+          own(stage), needs, teacher=teacher,
+          student_arch=fields.student_arch))
   return stages
+
+
+def selector_groups(stages: list[PlannedStage]) -> list[str]:
+  """What `config.stages` accepts besides single stage names."""
+  groups = ['all', 'teachers', 'students']
+  for s in stages:
+    for group in (s.spec.name.split('/')[0], s.spec.method):
+      if group not in groups:
+        groups.append(group)
+  return groups
 
 
 def select(stages: list[PlannedStage], selectors: str) -> list[PlannedStage]:
   """The planned stages that `config.stages` names, in run order.
 
-  Selectors are ','- or '+'-separated ('+' fits inside a config argument,
-  whose items ',' separates).
+  A selector is 'all', 'teachers', 'students' (the per-architecture student
+  stages), a method name (every stage it trains), a stage name's first
+  part ('kd_nasty', 'dafl') or a stage name ('kd_nasty/net'); ','- or
+  '+'-separated ('+' fits inside a config argument).
 
   Raises:
     ValueError: an unknown selector; the message lists the valid ones.
   """
   names = [s.spec.name for s in stages]
+  groups = selector_groups(stages)
   chosen = set()
-  for selector in (x.strip() for x in selectors.replace('+', ',').split(',')
-                   if x.strip()):
-    if selector == 'all':
-      chosen.update(names)
-    elif selector == 'students':
-      chosen.update(n for n in names
-                    if n.split('/')[0] in results_lib.STUDENT_ROLES)
-    elif selector in STAGE_GROUPS:
-      chosen.update(n for n in names
-                    if n == selector or n.startswith(selector + '/'))
-    elif selector in names:
-      chosen.add(selector)
-    else:
+  for selector in methods.parse_list(selectors):
+    for s in stages:
+      name = s.spec.name
+      if (selector in ('all', name, name.split('/')[0], s.spec.method)
+          or (selector == 'teachers' and s.student_arch is None)
+          or (selector == 'students' and s.student_arch is not None
+              and not methods.get(s.spec.method).per_teacher_stage)):
+        chosen.add(name)
+    if selector not in groups and selector not in names:
       raise ValueError(
           f'Unknown stage selector {selector!r} in config.stages. Valid: '
-          f'{", ".join(STAGE_GROUPS)}, or one of {", ".join(names)}.')
+          f'{", ".join(groups)}, or one of {", ".join(names)}.')
   return [s for s in stages if s.spec.name in chosen]
 
 
 def _check_ready(stage: PlannedStage, by_name: dict[str, PlannedStage]
                  ) -> None:
   for need in stage.needs:
-    result = train.read_result(by_name[need].directory)
+    result = engine.read_result(by_name[need].directory)
     if result is None:
       raise ValueError(
           f'Stage {stage.spec.name} needs the finished stage {need} '
@@ -154,7 +212,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs the selected stages, then writes results.json and results.md.
 
   Returns:
-    The results dictionary written to `workdir/results.json`.
+    The results dictionary written to `workdir/results.json`, or
+    {'status': 'preempted', 'stage': ...}.
   """
   os.makedirs(workdir, exist_ok=True)
   stages = plan(config, workdir)
@@ -163,36 +222,37 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   for i, stage in enumerate(selected):
     _check_ready(stage, by_name)
     logging.info('=== Stage %d/%d: %s (%s, %s) -> %s', i + 1, len(selected),
-                 stage.spec.name, stage.spec.mode, stage.spec.arch,
+                 stage.spec.name, stage.spec.method, stage.spec.arch,
                  stage.directory)
-    result = RUNNERS[stage.spec.mode](config, stage.spec, stage.directory)
+    result = engine.run_stage(config, stage.spec, stage.directory)
     if result.get('status') == 'preempted':
       logging.warning('Pre-empted during %s; rerun the same command to '
                       'resume.', stage.spec.name)
       return {'status': 'preempted', 'stage': stage.spec.name}
-  stage_results = {s.spec.name: train.read_result(s.directory)
+  stage_results = {s.spec.name: engine.read_result(s.directory)
                    for s in stages}
   # Every host computes the same results; one writes them (multi-host).
   writer = jax.process_index() == 0
-  figure = (_write_deepinversion_comparison(by_name, stage_results, workdir)
+  figure = (_write_deepinversion_comparison(stages, stage_results, workdir)
             if writer else None)
-  results = results_lib.gather(config, student_archs(config), stage_results,
+  results = results_lib.gather(config, stages, stage_results,
                                deepinversion_comparison=figure)
   if writer:
     results_lib.write(results, workdir)
   return results
 
 
-def _write_deepinversion_comparison(by_name, stage_results, workdir
+def _write_deepinversion_comparison(stages, stage_results, workdir
                                     ) -> str | None:
-  """Figure 6 (normal | nasty grids) once both inversions exist."""
-  names = [f'{deepinversion.MODE}/{role}' for role in results_lib.TEACHERS]
-  if not all(stage_results.get(n) for n in names):
+  """Figure 6 (one grid per teacher) once every inversion exists."""
+  inversions = [s for s in stages if s.spec.method == deepinversion.MODE]
+  if not inversions or not all(stage_results.get(s.spec.name)
+                               for s in inversions):
     return None
   path = os.path.join(workdir, COMPARISON_FILE)
   deepinversion.write_comparison(
-      {role: os.path.join(by_name[n].directory, deepinversion.IMAGES_FILE)
-       for role, n in zip(results_lib.TEACHERS, names)}, path)
+      {s.teacher: os.path.join(s.directory, deepinversion.IMAGES_FILE)
+       for s in inversions}, path)
   return COMPARISON_FILE
 
 

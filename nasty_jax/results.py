@@ -2,11 +2,14 @@
 
 The paper's Tables 1-3 list, per teacher, the teacher's accuracy and every
 student's accuracy with its change against the student trained alone. The
-reference reports best-on-test epochs (SPEC §6), so both the best-epoch and
-the last-epoch accuracy are kept. Table 6 lists, per teacher, the teacher's
-accuracy and the DAFL student's (best-on-test, as DAFL-train.py saves it),
-with changes of the nasty row against the normal one; Figure 6 is the
-DeepInversion image grids of the two teachers.
+reference reports best-on-test epochs (docs/reference.md), so both the
+best-epoch and the last-epoch accuracy are kept. Which teachers and which
+student methods there are comes from the config and the method registry:
+one row per teacher-side method, one table per student-side method that
+reads a teacher (KD first, as the paper's tables), one row per student
+method that does not (the student alone, with label smoothing). Table 6
+lists the DAFL student of every teacher; Figure 6 is the DeepInversion
+image grids.
 """
 
 import json
@@ -15,10 +18,9 @@ from typing import Any
 
 import ml_collections
 
+from nasty_jax import methods
+
 KINDS = ('best', 'last')
-STUDENT_ROLES = ('baseline', 'kd_normal', 'kd_nasty')
-TEACHERS = ('normal', 'nasty')
-DATA_FREE = ('dafl', 'deepinversion')
 
 
 def _accuracies(result: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -31,90 +33,82 @@ def _accuracies(result: dict[str, Any] | None) -> dict[str, Any] | None:
   return out
 
 
-def _frozen(stages: dict[str, Any], prefix: str) -> dict[str, Any] | None:
+def _measured(result: dict[str, Any] | None) -> dict[str, Any] | None:
   """A teacher given as a checkpoint: its accuracy as a stage measured it."""
-  for name, result in stages.items():
-    if (name == prefix or name.startswith(prefix)) and result and (
-        result.get('frozen_accuracy') is not None):
-      acc = result['frozen_accuracy']
-      return {'best': acc, 'last': acc, 'source': result['frozen_checkpoint']}
-  return None
+  if not result or result.get('frozen_accuracy') is None:
+    return None
+  acc = result['frozen_accuracy']
+  return {'best': acc, 'last': acc, 'source': result['frozen_checkpoint']}
 
 
-def _first_frozen(stages: dict[str, Any], prefixes: tuple[str, ...]
-                  ) -> dict[str, Any] | None:
-  for prefix in prefixes:
-    found = _frozen(stages, prefix)
-    if found is not None:
-      return found
-  return None
-
-
-def _data_free(stages: dict[str, dict[str, Any] | None],
+def _data_free(stages, results: dict[str, dict[str, Any] | None],
                comparison: str | None) -> dict[str, Any]:
-  """DAFL and DeepInversion entries of planned data-free stages, by teacher.
-
-  File paths are relative to the workdir (a stage's folder is its name).
-  """
+  """Data-free entries by method and teacher (paths relative to workdir)."""
   out = {}
-  for method in DATA_FREE:
-    planned = {role: f'{method}/{role}' for role in TEACHERS
-               if f'{method}/{role}' in stages}
-    if not planned:
+  for stage in stages:
+    method = methods.get(stage.spec.method)
+    if not method.per_teacher_stage:
       continue
-    entries = {}
-    for role, name in planned.items():
-      result = stages[name]
-      entry = _accuracies(result)
-      if entry is not None:
-        entry.update(stage=name, student_arch=result.get('arch'),
-                     teacher=result.get('frozen_accuracy'))
-        if method == 'deepinversion':
-          entry.update(
-              grid=f'{name}/{result["grid"]}',
-              images=f'{name}/{result["images"]}',
-              synthetic_teacher_accuracy=result.get(
-                  'synthetic_teacher_accuracy'),
-              final_losses=result.get('final'))
-      entries[role] = entry
-    if method == 'deepinversion':
-      entries['comparison'] = comparison
-    out[method] = entries
+    entries = out.setdefault(method.stage_prefix, {})
+    result = results[stage.spec.name]
+    entry = _accuracies(result)
+    if entry is not None:
+      entry.update(stage=stage.spec.name, student_arch=result.get('arch'),
+                   teacher=result.get('frozen_accuracy'))
+      if 'grid' in result:
+        name = stage.spec.name
+        entry.update(
+            grid=f'{name}/{result["grid"]}',
+            images=f'{name}/{result["images"]}',
+            synthetic_teacher_accuracy=result.get(
+                'synthetic_teacher_accuracy'),
+            final_losses=result.get('final'))
+    entries[stage.teacher] = entry
+  if 'deepinversion' in out:
+    out['deepinversion']['comparison'] = comparison
   return out
 
 
-def gather(config: ml_collections.ConfigDict, student_archs: list[str],
-           stages: dict[str, dict[str, Any] | None], *,
+def gather(config: ml_collections.ConfigDict, stages: list[Any],
+           results: dict[str, dict[str, Any] | None], *,
            deepinversion_comparison: str | None = None) -> dict[str, Any]:
   """Collects finished stage results into the results.json layout.
 
   Args:
     config: the pipeline config.
-    student_archs: the student architectures, in table order.
-    stages: every planned stage's result (None while unfinished).
+    stages: the planned stages (`pipeline.PlannedStage`), in order.
+    results: every planned stage's result (None while unfinished).
     deepinversion_comparison: Figure 6's PNG, relative to the workdir.
 
   Returns:
-    The results.json dictionary.
+    The results.json dictionary: `teachers` {name: accuracies}, `students`
+    {arch: {role: accuracies}} with role the stage name's first part
+    ('baseline', 'kd_nasty', ...), `data_free`, `stages` and `incomplete`.
   """
-  # A teacher given as a checkpoint: as a stage that read it measured it.
-  normal = _accuracies(stages.get('normal')) or _first_frozen(
-      stages, ('kd_normal/', 'dafl/normal', 'deepinversion/normal'))
-  nasty = _accuracies(stages.get('nasty')) or _first_frozen(
-      stages, ('kd_nasty/', 'dafl/nasty', 'deepinversion/nasty'))
+  teachers = {}
+  for stage in stages:
+    if stage.student_arch is None:
+      teachers[stage.teacher] = _accuracies(results[stage.spec.name])
+  for stage in stages:
+    # A teacher given as a checkpoint: as a stage that read it measured it.
+    if stage.teacher is not None and teachers.get(stage.teacher) is None:
+      teachers[stage.teacher] = _measured(results[stage.spec.name])
   students = {}
-  for arch in student_archs:
-    students[arch] = {role: _accuracies(stages.get(f'{role}/{arch}'))
-                      for role in STUDENT_ROLES}
+  for stage in stages:
+    if stage.student_arch is not None and not methods.get(
+        stage.spec.method).per_teacher_stage:
+      role = stage.spec.name.split('/')[0]
+      students.setdefault(stage.student_arch, {})[role] = _accuracies(
+          results[stage.spec.name])
   return {
       'dataset': config.dataset.name,
       'teacher_arch': config.teacher.arch,
       'seed': config.seed,
-      'teachers': {'normal': normal, 'nasty': nasty},
+      'teachers': teachers,
       'students': students,
-      'data_free': _data_free(stages, deepinversion_comparison),
-      'incomplete': sorted(n for n, r in stages.items() if r is None),
-      'stages': {n: r for n, r in stages.items() if r is not None},
+      'data_free': _data_free(stages, results, deepinversion_comparison),
+      'incomplete': sorted(n for n, r in results.items() if r is None),
+      'stages': {n: r for n, r in results.items() if r is not None},
       'config': config.to_dict(),
   }
 
@@ -132,25 +126,51 @@ def _get(entry, kind):
   return None if entry is None else entry.get(kind)
 
 
-def table(results: dict[str, Any], kind: str) -> str:
-  """One markdown table (kind 'best' or 'last') in the paper's layout."""
+def _student_methods(results: dict[str, Any]) -> list[methods.Method]:
+  config = results.get('config', {})
+  methods.load_extensions(config.get('extensions'))
+  names = methods.parse_list(config.get('students', {}).get('methods',
+                                                            'ce+kd'))
+  return [methods.get(n) for n in names]
+
+
+def table(results: dict[str, Any], kind: str,
+          method: methods.Method | None = None) -> str:
+  """One markdown table (kind 'best' or 'last') in the paper's layout.
+
+  Rows: the student alone (and every other student method that reads no
+  teacher), then one row per teacher with the `method` student of each
+  architecture (default KD), changes against the student alone.
+  """
+  method = method or methods.get('kd')
   archs = list(results['students'])
-  teacher = results['teacher_arch']
-  normal = _get(results['teachers']['normal'], kind)
-  nasty = _get(results['teachers']['nasty'], kind)
+  arch_name = results['teacher_arch']
   lines = ['| Teacher network | Teacher accuracy | '
            + ' | '.join(archs) + ' |',
            '|---' * (len(archs) + 2) + '|']
-  baselines = [_get(results['students'][a]['baseline'], kind) for a in archs]
+
+  def student(arch, role):
+    return _get(results['students'][arch].get(role), kind)
+
+  baselines = [student(a, methods.get('ce').stage_prefix) for a in archs]
   lines.append('| Student baseline | – | '
                + ' | '.join(_cell(b) for b in baselines) + ' |')
-  for role, label, acc, ref in (
-      ('kd_normal', f'{teacher} (normal)', normal, None),
-      ('kd_nasty', f'{teacher} (nasty)', nasty, normal)):
-    cells = [_cell(_get(results['students'][a][role], kind), b)
+  for alone in _student_methods(results):
+    if alone.reads_teacher or alone.name == 'ce':
+      continue
+    cells = [_cell(student(a, alone.stage_prefix), b)
              for a, b in zip(archs, baselines)]
-    lines.append(f'| {label} | {_cell(acc, ref)} | ' + ' | '.join(cells)
-                 + ' |')
+    lines.append(f'| Student, {alone.label or alone.name} | – | '
+                 + ' | '.join(cells) + ' |')
+  teachers = results['teachers']
+  normal = _get(teachers.get('normal'), kind)
+  for name, entry in teachers.items():
+    reference = None if name == 'normal' else normal
+    cells = [_cell(student(a, method.stage_name(name, a).split('/')[0]), b)
+             for a, b in zip(archs, baselines)]
+    lines.append(f'| {arch_name} ({name}) | '
+                 f'{_cell(_get(entry, kind), reference)} | '
+                 + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
@@ -160,18 +180,19 @@ def data_free_table(results: dict[str, Any]) -> str:
   archs = sorted({e['student_arch'] for e in dafl.values() if e})
   arch = ', '.join(archs) or 'student'
   rows = {}
-  for role in TEACHERS:
+  for role in dafl:
     entry = dafl.get(role) or {}
     # The accuracy DAFL's own stage measured, else the teacher stage's.
     teacher_acc = entry.get('teacher')
     if teacher_acc is None:
-      teacher_acc = _get(results['teachers'][role], 'best')
+      teacher_acc = _get(results['teachers'].get(role), 'best')
     rows[role] = [teacher_acc] + [entry.get(kind) for kind in KINDS]
   lines = [f'| Teacher network | Teacher accuracy | DAFL {arch} (best) | '
            f'DAFL {arch} (last) |', '|---|---|---|---|']
-  for role in TEACHERS:
-    refs = rows['normal'] if role == 'nasty' else [None] * len(rows[role])
-    cells = ' | '.join(_cell(v, r) for v, r in zip(rows[role], refs))
+  for role, row in rows.items():
+    refs = (rows['normal'] if role != 'normal' and 'normal' in rows
+            else [None] * len(row))
+    cells = ' | '.join(_cell(v, r) for v, r in zip(row, refs))
     lines.append(f'| {results["teacher_arch"]} ({role}) | {cells} |')
   return '\n'.join(lines)
 
@@ -181,11 +202,12 @@ def _deepinversion_section(results: dict[str, Any]) -> list[str]:
   inversion = results['data_free']['deepinversion']
   parts = ['## DeepInversion (Figure 6)', '']
   if inversion.get('comparison'):
-    parts += [f'![normal vs nasty]({inversion["comparison"]})', '']
+    parts += [f'![teachers side by side]({inversion["comparison"]})', '']
   parts += ['| Teacher | Teacher accuracy on its synthetic batch | KD '
             'student (best) | grid |', '|---|---|---|---|']
-  for role in TEACHERS:
-    entry = inversion.get(role)
+  for role, entry in inversion.items():
+    if role == 'comparison':
+      continue
     if entry is None:
       parts.append(f'| {role} | – | – | – |')
       continue
@@ -201,15 +223,20 @@ def markdown(results: dict[str, Any]) -> str:
            f'seed {results["seed"]}')
   parts = [title, '',
            'Test accuracy (%); students in parentheses: change against the '
-           'same student trained alone; the nasty teacher: change against '
-           'the normal teacher.', '']
+           'same student trained alone; teachers: change against the normal '
+           'teacher.', '']
+  readers = [m for m in _student_methods(results) if m.reads_teacher]
   for kind, heading in (('best', 'Best epoch (what the reference reports)'),
                         ('last', 'Last epoch')):
-    parts += [f'## {heading}', '', table(results, kind), '']
+    parts += [f'## {heading}', '']
+    for i, method in enumerate(readers or [methods.get('kd')]):
+      if i:
+        parts += [f'### Students by {method.label or method.name}', '']
+      parts += [table(results, kind, method), '']
   data_free = results.get('data_free', {})
   if 'dafl' in data_free:
     parts += ['## Data-free KD: DAFL (Table 6)', '',
-              'Test accuracy (%); the nasty row: change against the normal '
+              'Test accuracy (%); the other rows: change against the normal '
               'row. DAFL students are kept at their best test epoch, as '
               'DAFL-train.py saves them.', '', data_free_table(results), '']
   if 'deepinversion' in data_free:

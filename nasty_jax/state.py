@@ -29,7 +29,8 @@ def learning_rate_schedule(optim_config, steps_per_epoch: int
                            ) -> optax.Schedule:
   """The optimiser's learning rate over the step count.
 
-  'step' (the reference's, SPEC §6): before 0-based epoch e the reference
+  'step' (the reference's, docs/reference.md#optimisers-and-schedules): before
+  0-based epoch e the reference
   multiplies lr by gamma when e is a milestone, so the drop lands on step
   e * steps_per_epoch. 'cosine' (a short-schedule deviation, not the
   reference's): a linear warm-up from 0 over `warmup_epochs`, then a

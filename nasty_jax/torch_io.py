@@ -1,6 +1,7 @@
 """Reads `torch.save` files without torch; tensors come back as numpy arrays.
 
-The reference (VITA-Group/Nasty-Teacher, SPEC §6) saves `{'epoch',
+The reference (VITA-Group/Nasty-Teacher,
+docs/reference.md#optimisers-and-schedules) saves `{'epoch',
 'state_dict', 'optim_dict'}` with `torch.save` to `*.tar` files. Despite the
 name they are not tar archives but one of two formats:
 

@@ -9,8 +9,11 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
 
-from nasty_jax import bench
+from nasty_jax.bench import cases
+from nasty_jax.bench import measure
+from nasty_jax.bench import report
 
 STEP_FIELDS = {
     'arch': str, 'mode': str, 'batch_size': int, 'dtype': str,
@@ -34,12 +37,12 @@ def _check_fields(row, fields):
 
 def test_run_writes_every_table(tmp_path):
   path = tmp_path / 'out' / 'bench.json'
-  opts = bench.Options(
-      cases=[bench.Case('_tiny_cnn', 'nasty', 8, 'float32', 'jit',
+  opts = cases.Options(
+      cases=[cases.Case('_tiny_cnn', 'nasty', 8, 'float32', 'jit',
                         epoch_inputs=('device',)),
-             bench.Case('_tiny_cnn', 'nasty', 8, 'float32', 'pmap')],
+             cases.Case('_tiny_cnn', 'nasty', 8, 'float32', 'pmap')],
       targets=True, json_path=str(path), **TINY)
-  results = bench.run(opts)
+  results = measure.run(opts)
   assert json.loads(path.read_text()) == json.loads(json.dumps(results))
   assert results['meta']['backend'] == 'cpu'
   assert results['meta']['devices'] == 4  # conftest's fake devices.
@@ -60,32 +63,32 @@ def test_run_writes_every_table(tmp_path):
   for row in results['ratios']:
     assert row['value'] > 0 and row['value_cpu'] > 0
   targets = {t['target']: t for t in results['targets']}
-  assert len(targets) == len(bench.H100_TARGETS)
+  assert len(targets) == len(cases.H100_TARGETS)
   epoch_target = next(t for t in targets.values() if t['rows'])
   assert epoch_target['value'] == epoch['vs_step']
-  text = bench.report(results)
+  text = report.report(results)
   for title in ('Train steps', 'Full epochs', 'Ratios', 'Targets'):
     assert title in text
 
 
-def test_cli_runs_without_tensorflow_tfds_grain_or_ml_collections(tmp_path):
+def test_cli_runs_without_tensorflow_tfds_or_grain(tmp_path):
   """The GPU machine has none of them: block their import and run."""
   path = tmp_path / 'cli.json'
   code = (
-      'import sys\n'
+      'import runpy, sys\n'
       'class Block:\n'
       '  def find_spec(self, name, path=None, target=None):\n'
       '    if name.split(".")[0] in ("tensorflow", "tensorflow_datasets",\n'
-      '                              "grain", "ml_collections"):\n'
+      '                              "grain"):\n'
       '      raise ImportError("blocked: " + name)\n'
       'sys.meta_path.insert(0, Block())\n'
-      'from nasty_jax import bench\n'
-      f'bench.main(["--archs=_tiny_mlp", "--modes=normal,kd",\n'
+      f'sys.argv = ["bench", "--archs=_tiny_mlp", "--modes=normal,kd",\n'
       f'            "--dtypes=bfloat16", "--batch_sizes=8",\n'
       f'            "--steps=1", "--repeats=1", "--warmup=0",\n'
       f'            "--breakdown", "--epoch_inputs=device",\n'
       f'            "--epoch_steps=1", "--num_train=16",\n'
-      f'            "--json={path}"])\n')
+      f'            "--json={path}"]\n'
+      'runpy.run_module("nasty_jax.bench", run_name="__main__")\n')
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=root)
   done = subprocess.run([sys.executable, '-c', code], env=env, cwd=root,
@@ -103,16 +106,27 @@ def test_cli_runs_without_tensorflow_tfds_grain_or_ml_collections(tmp_path):
     assert row['ms'] > 0 and row['mode'] == 'normal'
 
 
+def _options(argv):
+  # pylint: disable-next=g-import-not-at-top
+  from nasty_jax.bench import __main__ as cli
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(['bench', *argv])
+  try:
+    return cli.options()
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
 def test_presets_and_flags():
-  opts = bench.parse_args(['--preset=h100', '--steps=5'])
+  opts = _options(['--preset=h100', '--steps=5'])
   assert opts.targets and opts.steps == 5 and opts.repeats == 3
   assert {(c.arch, c.image_size) for c in opts.cases} == {
       ('resnet18', 32), ('resnext29', 64)}
   assert any(c.epoch_inputs == ('device',) for c in opts.cases)
-  cpu = bench.parse_args(['--preset=cpu'])
+  cpu = _options(['--preset=cpu'])
   assert cpu.dataset == 'digits'
   assert {c.frozen for c in cpu.cases if c.mode == 'kd'} == {'resnet18'}
-  grid = bench.parse_args(['--archs=resnet18,preresnet20', '--modes=nasty',
+  grid = _options(['--archs=resnet18,preresnet20', '--modes=nasty',
                            '--dtypes=float32', '--parallelism=jit,pmap',
                            '--batch_sizes=64,128', '--epoch_inputs=stream',
                            '--epoch_modes=nasty'])
@@ -123,19 +137,35 @@ def test_presets_and_flags():
 
 def test_bad_input_says_what_is_valid():
   with pytest.raises(ValueError, match='Unknown arch.*resnet18'):
-    bench.Case('resnet19', 'normal', 8)
-  with pytest.raises(ValueError, match='Unknown mode.*normal, nasty, kd'):
-    bench.Case('resnet18', 'student', 8)
+    cases.Case('resnet19', 'normal', 8)
+  with pytest.raises(ValueError, match='Unknown mode.*normal, nasty, ce, kd'):
+    cases.Case('resnet18', 'student', 8)
   with pytest.raises(ValueError, match='Unknown dtype.*bfloat16'):
-    bench.Case('resnet18', 'normal', 8, 'float16')
+    cases.Case('resnet18', 'normal', 8, 'float16')
   with pytest.raises(ValueError, match='Unknown epoch input.*device'):
-    bench.Case('resnet18', 'normal', 8, epoch_inputs=('disk',))
-  with pytest.raises(ValueError, match='Unknown preset.*cpu, h100'):
-    bench.preset('tpu')
+    cases.Case('resnet18', 'normal', 8, epoch_inputs=('disk',))
+  with pytest.raises(ValueError, match='Unknown preset.*cpu, reference, h100'):
+    cases.preset('tpu')
   with pytest.raises(ValueError, match='does not divide over 4 devices'):
-    bench.run(bench.Options(cases=[bench.Case('_tiny_resnet', 'normal', 6)]))
+    measure.run(cases.Options(cases=[cases.Case('_tiny_resnet', 'normal', 6)]))
   with pytest.raises(ValueError, match='--dataset=digits'):
-    bench.run(bench.Options(cases=[bench.Case(
+    measure.run(cases.Options(cases=[cases.Case(
         '_tiny_mlp', 'normal', 8, epoch_inputs=('stream',))]))
   with pytest.raises(ValueError, match='Nothing to measure'):
-    bench.run(bench.Options(cases=[]))
+    measure.run(cases.Options(cases=[]))
+
+
+def test_side_by_side_with_a_reference_json(tmp_path):
+  torch_json = tmp_path / 'torch.json'
+  torch_json.write_text(json.dumps({
+      'meta': {'torch': '0.0', 'threads': 2, 'allocator': 'glibc'},
+      'steps': [{'arch': '_tiny_cnn', 'mode': 'normal', 'batch_size': 8,
+                 'images_per_s': 100.0}]}))
+  results = measure.run(cases.Options(
+      cases=[cases.Case('_tiny_cnn', 'normal', 8)],
+      reference_json=str(torch_json), num_devices=1, **TINY))
+  (row,) = results['versus_reference']
+  assert row['torch_images_per_s'] == 100.0
+  assert row['ratio'] == pytest.approx(results['steps'][0]['images_per_s']
+                                       / 100.0)
+  assert 'Side by side with the PyTorch reference' in report.report(results)

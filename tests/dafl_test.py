@@ -12,10 +12,11 @@ import pytest
 
 from configs import digits as digits_config
 from nasty_jax import checkpointing
+from nasty_jax import engine
 from nasty_jax import models
 from nasty_jax import parallel
+from nasty_jax import programs
 from nasty_jax import state as state_lib
-from nasty_jax import train
 from nasty_jax.data_free import dafl
 from nasty_jax.data_free import generator as generator_lib
 
@@ -74,7 +75,7 @@ def test_pmap_four_devices_equals_one_device_and_jit_and_compiles_once():
   # Plain SGD for the generator here: Adam's first steps are sign(g) * lr,
   # so gradient entries that are zero in exact arithmetic (a bias before a
   # BN) turn float noise of another summation order into lr-sized moves.
-  # (run_dafl's Adam runs in the resume test below.)
+  # (The DAFL stage's Adam runs in the resume test below.)
   sgd = optax.sgd(0.02)
   one, m_one = _run('pmap', 1, 3, g_tx=sgd,
                     step_fn=chex.assert_max_traces(dafl.dafl_step, n=1))
@@ -118,21 +119,22 @@ def _save_teacher(directory):
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
   config = _config()
   _save_teacher(str(tmp_path / 'teacher'))
-  spec = train.StageSpec('dafl/normal', 'dafl', '_tiny_cnn', '_tiny_resnet',
-                         str(tmp_path / 'teacher'))
-  full = dafl.run_dafl(config, spec, str(tmp_path / 'full'))
+  spec = programs.StageSpec('dafl/normal', 'dafl', '_tiny_cnn', (
+      programs.FrozenSpec('teacher', '_tiny_resnet',
+                          str(tmp_path / 'teacher')),))
+  full = engine.run_stage(config, spec, str(tmp_path / 'full'))
   assert full['status'] == 'complete' and full['steps'] == 6
   assert 0 <= full['frozen_accuracy'] <= 100
 
   def preempt(step):
     if step == 4:  # Mid-epoch 2.
-      train.request_preemption()
+      engine.request_preemption()
 
   killed = str(tmp_path / 'killed')
-  assert dafl.run_dafl(config, spec, killed, step_hook=preempt) == {
+  assert engine.run_stage(config, spec, killed, step_hook=preempt) == {
       'status': 'preempted', 'step': 4}
-  assert train.read_result(killed) is None
-  resumed = dafl.run_dafl(config, spec, killed)
+  assert engine.read_result(killed) is None
+  resumed = engine.run_stage(config, spec, killed)
   for key in ('best', 'last', 'best_epoch', 'steps', 'epochs',
               'frozen_accuracy'):
     assert resumed[key] == full[key], key
@@ -142,4 +144,4 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
   for a, b in zip(jax.tree_util.tree_leaves(full_vars),
                   jax.tree_util.tree_leaves(resumed_vars)):
     np.testing.assert_array_equal(a, b)
-  assert dafl.run_dafl(config, spec, killed) == resumed
+  assert engine.run_stage(config, spec, killed) == resumed

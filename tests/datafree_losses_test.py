@@ -1,7 +1,8 @@
 """Parity of nasty_jax.data_free.losses with the upstream DAFL/DI statements.
 
 tests/fixtures/datafree.npz was made by running the upstream statements in
-torch float64 (DATAFREE §5). Its images are NCHW; ours are NHWC.
+torch float64 (docs/data_free.md#dafl-fixtures). Its images are NCHW; ours are
+NHWC.
 """
 
 import jax

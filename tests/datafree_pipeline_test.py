@@ -20,7 +20,7 @@ def _tiny_digits():
       'dafl.enabled=true,dafl.student_arch=_tiny_cnn,dafl.num_epochs=2,'
       'dafl.iters_per_epoch=2,dafl.batch_size=16,dafl.latent_dim=12,'
       'deepinversion.enabled=true,deepinversion.batch_size=20,'
-      'deepinversion.iterations=3,deepinversion.kd_student_arch=_tiny_cnn,'
+      'deepinversion.iterations=3,deepinversion.student_arch=_tiny_cnn,'
       'deepinversion.kd_epochs=1,deepinversion.kd_batches=2')
 
 
@@ -36,7 +36,7 @@ def test_table6_configs_enable_both_attacks():
           cifar10.get_config('resnet34').dafl.oh) == (0.5, 0.05)
   config = cifar10.get_config('resnet18')
   assert not config.dafl.enabled and not config.deepinversion.enabled
-  assert not any(s.spec.mode in ('dafl', 'deepinversion')
+  assert not any(s.spec.method in ('dafl', 'deepinversion')
                  for s in pipeline.plan(config, '/w'))
 
 
@@ -46,7 +46,7 @@ def test_selectors_and_teacher_dependencies():
   by_name = {s.spec.name: s for s in stages}
   assert by_name['dafl/nasty'].needs == ('nasty',)
   assert by_name['deepinversion/normal'].needs == ('normal',)
-  assert by_name['dafl/nasty'].spec.frozen_checkpoint == '/w/nasty'
+  assert by_name['dafl/nasty'].spec.frozen[0].checkpoint == '/w/nasty'
   assert by_name['dafl/normal'].spec.arch == '_tiny_cnn'
   # 'students' keeps meaning the KD students, not the data-free ones.
   chosen = [s.spec.name for s in pipeline.select(stages, 'students')]
@@ -92,4 +92,4 @@ def test_pipeline_runs_the_data_free_stages_and_writes_table6(tmp_path):
                    if line.startswith('| _tiny_resnet (nasty) |'))
   # Teacher, best and last, each with its change against the normal row.
   assert nasty_row.count(' (+') + nasty_row.count(' (-') == 3
-  assert f'![normal vs nasty]({pipeline.COMPARISON_FILE})' in markdown
+  assert f'({pipeline.COMPARISON_FILE})' in markdown

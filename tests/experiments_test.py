@@ -8,6 +8,7 @@ import pytest
 
 from experiments import registry
 from nasty_jax import experiment_report
+from nasty_jax import experiment_schema as schema
 from nasty_jax import experiments
 from nasty_jax import figures
 from nasty_jax import pipeline
@@ -60,19 +61,19 @@ def test_sweep_points_share_the_base_teachers():
       flags)
   assert '--config.nasty.checkpoint=/w/cifar10/resnet18/seed2/nasty' in flags
   config = experiments.run_config(points[0], '/w', 2)
-  assert config.students.temperature == 1.0 and config.seed == 2
+  assert config.kd.temperature == 1.0 and config.seed == 2
   # The base run's own tau (4) is a plotted point, not retrained.
   assert 4 in entry.plots[0].xs
   assert not any(p.name.endswith('temperature4') for p in points)
 
 
 def _tiny_run(name='tiny', **kwargs):
-  return experiments.Run(name, 'configs/digits.py', TINY, **kwargs)
+  return schema.Run(name, 'configs/digits.py', TINY, **kwargs)
 
 
 def test_shared_runs_must_be_defined_identically():
-  a = experiments.Entry('a', 'A', (_tiny_run(),))
-  b = experiments.Entry('b', 'B', (_tiny_run(overrides=(
+  a = schema.Entry('a', 'A', (_tiny_run(),))
+  b = schema.Entry('b', 'B', (_tiny_run(overrides=(
       ('nasty.omega', '0.1'),)),))
   with pytest.raises(ValueError, match="Run 'tiny' differs between a and b"):
     experiments.check_registry({'a': a, 'b': b})
@@ -80,17 +81,17 @@ def test_shared_runs_must_be_defined_identically():
 
 @pytest.mark.parametrize('runs,message', [
     ((_tiny_run('late', overrides=(
-        ('teacher.checkpoint', experiments.StageRef('tiny', 'normal')),)),
+        ('teacher.checkpoint', schema.StageRef('tiny', 'normal')),)),
       _tiny_run()), 'not listed before it'),
     ((_tiny_run(stages='normal'), _tiny_run('next', overrides=(
-        ('nasty.checkpoint', experiments.StageRef('tiny', 'nasty')),))),
+        ('nasty.checkpoint', schema.StageRef('tiny', 'nasty')),))),
      "reads stage 'nasty' of 'tiny'"),
     ((_tiny_run(overrides=(('nasty.bogus', '1'),)),), 'Bad override'),
-    ((experiments.Run('x', 'configs/nope.py'),), 'No config file'),
+    ((schema.Run('x', 'configs/nope.py'),), 'No config file'),
 ])
 def test_inconsistent_entries_are_clear_errors(runs, message):
   with pytest.raises(ValueError, match=message):
-    experiments.check_entry(experiments.Entry('e', 'E', runs))
+    experiments.check_entry(schema.Entry('e', 'E', runs))
 
 
 def test_cli_errors_and_list(capsys):
@@ -120,10 +121,10 @@ def _fake_results(accuracies):
 
 
 def test_report_means_stds_deltas_and_figure(tmp_path):
-  base = experiments.Run('base', 'configs/digits.py')
+  base = schema.Run('base', 'configs/digits.py')
   entry = registry.sweep_entry(
       'sweep', 'A sweep', kind='student', base=base, archs=('net',),
-      key='students.alpha', values=(0.5,), base_value=0.9, xlabel='α')
+      key='kd.alpha', values=(0.5,), base_value=0.9, xlabel='α')
   point = entry.runs[1].name
   results = {
       'base': {s: _fake_results({'normal': 90 + s, 'nasty': 89,
@@ -157,11 +158,11 @@ def tiny_runs(tmp_path_factory):
   table = registry.student_table('Tiny table', 'tiny', 'tiny',
                                  '_tiny_resnet', ('_tiny_cnn',),
                                  {'normal': 99.0})
-  plot = experiments.Plot('teachers', 'Tiny plot', 'x', (1.0,), (
-      experiments.Panel('teachers', (experiments.Series(
-          'nasty', (experiments.Cell('tiny', 'nasty'),)),), (
-              ('normal', experiments.Cell('tiny', 'normal')),)),))
-  entry = experiments.Entry('tiny', 'Tiny', (run,), (table,), (plot,))
+  plot = schema.Plot('teachers', 'Tiny plot', 'x', (1.0,), (
+      schema.Panel('teachers', (schema.Series(
+          'nasty', (schema.Cell('tiny', 'nasty'),)),), (
+              ('normal', schema.Cell('tiny', 'normal')),)),))
+  entry = schema.Entry('tiny', 'Tiny', (run,), (table,), (plot,))
   first = experiments.run_entry(entry, workdir, [0])
   return entry, workdir, first
 
@@ -200,8 +201,8 @@ def test_figures_from_trained_teachers(tiny_runs, tmp_path, which, count):
   config = experiments.load_config(f'configs/digits.py:{TINY}')
   out = str(tmp_path / f'{which}.png')
   drawn = figures.make_figure(
-      which, config, {r: os.path.join(stage, r) for r in figures.ROLES}, out,
-      num_images=count)
+      which, config, {r: os.path.join(stage, r) for r in ('normal', 'nasty')},
+      out, num_images=count)
   assert len(drawn['labels']) == count
   assert 0 < os.path.getsize(out) < 200_000
   assert all(0 <= a <= 100 for a in drawn['accuracy'].values())

@@ -2,7 +2,7 @@
 
 The fixture ran upstream's module (img_size 8, latent_dim 6, channels 3) in
 torch float64, train mode, with weights rebuilt from a seeded recipe
-(DATAFREE §5.2). Its images are NCHW; ours are NHWC.
+(docs/data_free.md#dafl-fixtures). Its images are NCHW; ours are NHWC.
 """
 
 import functools
@@ -91,7 +91,7 @@ def test_batch_norm_layout_and_running_stats():
   bn_names = [str(n) for n in FIXTURE['gen_bn_names']]
   stats = flax.traverse_util.flatten_dict(variables['batch_stats'], sep='.')
   assert sorted({k.rsplit('.', 1)[0] for k in stats}) == sorted(bn_names)
-  # Only the last BN has no affine parameters (DATAFREE §1.3).
+  # Only the last BN has no affine parameters (docs/data_free.md#generator).
   params = flax.traverse_util.flatten_dict(variables['params'], sep='.')
   for name, affine in zip(bn_names, FIXTURE['gen_bn_affine']):
     assert (f'{name}.scale' in params) == bool(affine)

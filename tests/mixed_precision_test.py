@@ -14,11 +14,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from nasty_jax import methods
 from nasty_jax import models
 from nasty_jax import parallel
 from nasty_jax import state as state_lib
 from nasty_jax import steps
-from nasty_jax import train
+from nasty_jax import programs
 
 SGD = ml_collections.ConfigDict(dict(
     name='sgd', learning_rate=0.05, momentum=0.9, weight_decay=5e-4,
@@ -41,12 +42,12 @@ def _nasty_steps(dtype, num_steps=3):
   tx = state_lib.create_optimizer(SGD, steps_per_epoch=1)
   state = state_lib.create_train_state(model.init(jax.random.key(0), x0), tx)
   init_params = jax.device_get(state.params)
-  frozen_vars = frozen.init(jax.random.key(1), x0)
+  frozen_vars = {'adversary': frozen.init(jax.random.key(1), x0)}
   p_step = par.train_step(functools.partial(
       steps.train_step, model=model, tx=tx,
-      objective=steps.create_objective('nasty', LOSS),
+      objective=methods.get('nasty').objective(LOSS),
       learning_rate_fn=state_lib.learning_rate_schedule(SGD, 1),
-      frozen_model=frozen))
+      frozen={'adversary': functools.partial(frozen.apply, train=False)}))
   rng = np.random.RandomState(0)
   # The data paths hand the model images already in the compute dtype.
   batch = {'image': jnp.asarray(rng.standard_normal((BATCH, 32, 32, 3)),
@@ -101,7 +102,7 @@ def test_config_dtype_reaches_the_models():
                  dropout_rate=0.0),
       dataset=dict(num_classes=10)))
   for arch in ('resnet18', 'net'):
-    model = train.create_model(config, arch, 'batch')
+    model = programs.create_model(config, arch, 'batch')
     assert model.dtype == jnp.bfloat16 and model.bn_axis_name == 'batch'
   config.model.dtype = 'float32'
-  assert train.create_model(config, 'resnet18').dtype == jnp.float32
+  assert programs.create_model(config, 'resnet18').dtype == jnp.float32

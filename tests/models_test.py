@@ -1,4 +1,5 @@
-"""The model zoo against the PyTorch reference's fixtures (SPEC §2, §9).
+"""The model zoo against the PyTorch reference's fixtures
+(docs/reference.md#architectures, §9).
 
 Each fixture's rule weights go through `convert.torch_to_flax`; eval logits
 and features, train-mode logits and the running statistics after one
@@ -26,7 +27,8 @@ FIXTURES = [
 # fixtures README, float32 column.
 LOGITS_TOL = 1e-4
 BN_TOL = 5e-5
-# SPEC §2 table: trainable parameters for C = 10 / 100 / 200.
+# docs/reference.md#architectures table: trainable parameters for C = 10 / 100 /
+# 200.
 PARAM_COUNTS = {
     'resnet18': (11_173_962, 11_220_132, 11_271_432),
     'resnet34': (21_282_122, 21_328_292, 21_379_592),
@@ -383,7 +385,8 @@ def test_registry_errors():
                           dropout_rate=0.1).num_channels == 8
 
 
-# --- initialisation (SPEC §2.8) ---------------------------------------------
+# --- initialisation (docs/reference.md#initialisation)
+# ---------------------------------------------
 
 @functools.cache
 def _initial_state_dict(arch: str):
@@ -398,7 +401,8 @@ def _initial_state_dict(arch: str):
 
 
 def _expected_init(arch: str, key: str, shape: tuple[int, ...]):
-  """(distribution, scale) that SPEC §2.8 prescribes for a torch tensor."""
+  """(distribution, scale) that docs/reference.md#initialisation prescribes for
+  a torch tensor."""
   fan_in = int(np.prod(shape[1:]))
   fan_out = shape[0] * int(np.prod(shape[2:]))
   is_conv = len(shape) == 4

@@ -14,7 +14,7 @@ from configs import cifar100
 from configs import digits
 from configs import tinyimagenet
 from nasty_jax import pipeline
-from nasty_jax import train
+from nasty_jax import programs
 import fake_data
 import tfds_mock
 
@@ -61,7 +61,7 @@ def test_pipeline_runs_every_stage_writes_tables_and_skips_when_done(
   # Everything is complete: a rerun trains nothing.
   def fail(*_, **__):
     raise AssertionError('a finished stage ran again')
-  monkeypatch.setattr(train, 'create_model', fail)
+  monkeypatch.setattr(programs, 'create_model', fail)
   again = pipeline.run(config, str(tmp_path))
   assert again['students'] == results['students']
 
@@ -79,8 +79,9 @@ def test_stage_selection_and_missing_dependency(tmp_path):
                                        'baseline/_tiny_preresnet', 'normal']
   assert 'kd_nasty/_tiny_cnn' in results['incomplete']
   with config.unlocked():
-    config.stages = 'teachers'
-  with pytest.raises(ValueError, match='Valid: all, normal, nasty'):
+    config.stages = 'teacher'
+  with pytest.raises(ValueError,
+                     match='Valid: all, teachers, students, normal'):
     pipeline.run(config, str(tmp_path))
 
 
@@ -112,7 +113,7 @@ def test_every_config_loads(module, arg):
 
 @pytest.mark.parametrize('arg,message', [
     ('resnet19', 'Unknown architecture'),
-    ('resnet18,kd.temperature=4', "Unknown config key 'kd.temperature'"),
+    ('resnet18,kd.tau=4', "Unknown config key 'kd.tau'"),
     ('resnet18,nasty.omega=abc', "Bad value for 'nasty.omega'"),
     ('resnet18,students.archs=net+vgg', "Unknown architecture 'vgg'"),
     ('resnet18,resnet50', 'only the first item'),
@@ -125,15 +126,15 @@ def test_bad_config_arguments_are_clear_errors(arg, message):
 def test_reference_params_json_is_reachable():
   # CIFAR100/kd_nasty_resnet50/shufflenetv2: T 20, alpha 0.9, SGD 200 epochs.
   config = cifar100.get_config('resnet50,students.archs=shufflenetv2')
-  assert config.students.temperature == 20.0 and config.students.alpha == 0.9
+  assert config.kd.temperature == 20.0 and config.kd.alpha == 0.9
   assert config.optim.sgd.milestones == (60, 120, 160)
   assert config.optim.sgd.gamma == 0.2 and config.optim.sgd.num_epochs == 200
   assert config.nasty.omega == 0.005
   # CIFAR10/kd_normal_resnet18/cnn: Adam 1e-3, 100 epochs, T 4.
   config = cifar10.get_config('resnet18,students.archs=net')
-  assert train.optimizer_config(config, 'net').name == 'adam'
-  assert train.optimizer_config(config, 'net').num_epochs == 100
-  assert train.optimizer_config(config, 'preresnet20').num_epochs == 160
+  assert programs.optimizer_config(config, 'net').name == 'adam'
+  assert programs.optimizer_config(config, 'net').num_epochs == 100
+  assert programs.optimizer_config(config, 'preresnet20').num_epochs == 160
 
 
 def test_default_command_end_to_end_shortened(tmp_path):

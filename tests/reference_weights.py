@@ -1,7 +1,8 @@
 """The fixtures' deterministic weight rule, rebuilt in numpy.
 
 Every fixture npz stores only the reference state_dict's key/shape list; its
-weights come from a seeded rule (SPEC §9.1), so tests regenerate them here.
+weights come from a seeded rule (docs/reference.md#fixtures), so tests
+regenerate them here.
 """
 
 import collections

@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from nasty_jax import methods
 from nasty_jax import models
 from nasty_jax import parallel
 from nasty_jax import state as state_lib
@@ -23,8 +24,18 @@ LOSS = ml_collections.ConfigDict(dict(temperature=4.0, omega=0.04,
 
 
 def _init_key(seed):
-  # 'rbg' as train.py: threefry-based init compiles slowly on XLA:CPU.
+  # 'rbg' as every stage: threefry-based init compiles slowly on XLA:CPU.
   return jax.random.key(seed, impl='rbg')
+
+
+def _objective(mode):
+  return methods.get(mode).objective(LOSS)
+
+
+def _frozen(mode, frozen_model):
+  """The step's frozen applies for `mode`'s roles (nasty: adversary)."""
+  return {role: functools.partial(frozen_model.apply, train=False)
+          for role in methods.get(mode).frozen}
 
 
 def _batches():
@@ -46,15 +57,15 @@ def _run(kind, num_devices, mode, arch='_tiny_resnet'):
   tx = state_lib.create_optimizer(SGD, steps_per_epoch=1)
   variables = model.init(_init_key(0), jnp.zeros((1, 32, 32, 3)))
   state = par.replicate(state_lib.create_train_state(variables, tx))
-  frozen_model = frozen_vars = None
+  frozen, frozen_vars = {}, {}
   if mode != 'normal':
-    frozen_model, frozen_vars = _frozen_vars()
-    frozen_vars = par.replicate(frozen_vars)
+    frozen_model, variables = _frozen_vars()
+    frozen = _frozen(mode, frozen_model)
+    frozen_vars = {role: par.replicate(variables) for role in frozen}
   p_step = par.train_step(functools.partial(
-      steps.train_step, model=model, tx=tx,
-      objective=steps.create_objective(mode, LOSS),
+      steps.train_step, model=model, tx=tx, objective=_objective(mode),
       learning_rate_fn=state_lib.learning_rate_schedule(SGD, 1),
-      frozen_model=frozen_model, axis_name=par.axis_name))
+      frozen=frozen, axis_name=par.axis_name))
   history = []
   for i, batch in enumerate(_batches()):
     state, m = p_step(state, frozen_vars, par.shard_batch(batch),
@@ -114,11 +125,11 @@ def test_step_traces_once():
     return steps.train_step(*args, **kwargs)
 
   p_step = par.train_step(functools.partial(
-      counted, model=model, tx=tx, objective=steps.normal_objective,
+      counted, model=model, tx=tx, objective=_objective('normal'),
       learning_rate_fn=state_lib.learning_rate_schedule(SGD, 1),
       axis_name=par.axis_name))
   for i, batch in enumerate(_batches()):
-    state, _ = p_step(state, None, par.shard_batch(batch),
+    state, _ = p_step(state, {}, par.shard_batch(batch),
                       jax.random.fold_in(jax.random.key(1), i))
   assert len(traces) == 1
 
@@ -130,11 +141,11 @@ def test_nonfinite_loss_names_first_step():
   state = state_lib.create_train_state(
       model.init(_init_key(0), jnp.zeros((1, 32, 32, 3))), tx)
 
-  def objective(logits, frozen_logits, labels):
+  def objective(out):
     # A negative label marks the batch whose loss turns NaN.
-    poison = jnp.where(labels[0] < 0, jnp.nan, 1.0)
-    return steps.normal_objective(logits * poison, frozen_logits,
-                                  jnp.abs(labels))
+    poison = jnp.where(out.labels[0] < 0, jnp.nan, 1.0)
+    return _objective('normal')(methods.Outputs(
+        out.logits * poison, jnp.abs(out.labels), out.frozen, out.epoch))
 
   p_step = par.train_step(functools.partial(
       steps.train_step, model=model, tx=tx, objective=objective,
@@ -143,7 +154,7 @@ def test_nonfinite_loss_names_first_step():
   batches[1]['label'][0] = -1
   total = None
   for i, batch in enumerate(batches):
-    state, m = p_step(state, None, par.shard_batch(batch),
+    state, m = p_step(state, {}, par.shard_batch(batch),
                       jax.random.key(i))
     total = m if total is None else total.merge(m)
   assert int(total.compute()['first_nonfinite_step']) == 1

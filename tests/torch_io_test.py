@@ -1,6 +1,7 @@
 """Tests for nasty_jax.torch_io: real torch.save files, read without torch.
 
-The two fixture files were written by torch itself (SPEC §6 layout, zip and
+The two fixture files were written by torch itself
+(docs/reference.md#optimisers-and-schedules layout, zip and
 legacy formats). The synthetic files below are written opcode by opcode in
 the shapes torch emits (compare `pickletools.dis` of a fixture's data.pkl),
 to reach dtypes, strides and byte orders the fixtures do not use.

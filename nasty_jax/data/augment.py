@@ -2,7 +2,8 @@
 
 The reference (`data_loader.py`, torchvision 0.5) augments in uint8 image
 space, fills uncovered pixels with 0 *before* normalising, then normalises
-with per-dataset constants (SPEC §7). Here every geometric augmentation is an
+with per-dataset constants (docs/reference.md#data). Here every geometric
+augmentation is an
 *inverse index map*: for each output pixel, `source_coords` says which source
 pixel it shows, or that it shows fill (0). The map is written once against an
 array namespace `xp` (numpy or jax.numpy), so the streaming path (numpy, one
@@ -31,7 +32,8 @@ class Normalization(NamedTuple):
   std: tuple[float, float, float]
 
 
-# SPEC §7: the reference uses these CIFAR-10 constants for CIFAR-100 too.
+# docs/reference.md#data: the reference uses these CIFAR-10 constants for
+# CIFAR-100 too.
 CIFAR10_NORM = Normalization((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))
 TINY_IMAGENET_NORM = Normalization((0.4802, 0.4481, 0.3975),
                                    (0.2302, 0.2265, 0.2262))
@@ -58,9 +60,10 @@ class Policy:
   degrees: float = 0.0
 
 
+# The reference's transforms: docs/reference.md#data.
 POLICIES = {
     p.name: p for p in (
-        Policy('crop_flip', pad=4, flip=True),  # CIFAR (SPEC §7).
+        Policy('crop_flip', pad=4, flip=True),  # CIFAR.
         Policy('crop', pad=4),  # Digits are not mirror symmetric.
         Policy('rotate_flip', flip=True, degrees=20.0),  # Tiny-ImageNet.
         Policy('flip', flip=True),

@@ -44,7 +44,8 @@ from nasty_jax.data import device_pipeline
 from nasty_jax.data import prepare
 
 INPUTS = ('device', 'stream')
-# SPEC §7: the reference's (unwired) subset loader re-seeds NumPy with 230.
+# docs/reference.md#data: the reference's (unwired) subset loader re-seeds NumPy
+# with 230.
 SUBSET_SEED = 230
 
 

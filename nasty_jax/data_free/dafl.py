@@ -1,9 +1,9 @@
-"""DAFL (Chen et al. 2019) against a frozen teacher: `dafl_step`, `run_dafl`.
+"""DAFL (Chen et al. 2019) against a frozen teacher: `dafl_step`, `program`.
 
-As huawei-noah `DAFL/DAFL-train.py` runs it (DATAFREE §1): every iteration
-draws a fresh latent batch z ~ N(0, I), makes x = G(z) with the generator in
-train-mode BN, and takes *one* generator step and *one* student step, both
-from that pre-update generator's batch:
+As huawei-noah `DAFL/DAFL-train.py` runs it (docs/data_free.md#dafl): every
+iteration draws a fresh latent batch z ~ N(0, I), makes x = G(z) with the
+generator in train-mode BN, and takes *one* generator step and *one* student
+step, both from that pre-update generator's batch:
 
 * the generator descends oh * L_oh + ie * L_ie + a * L_a, computed from the
   frozen teacher (eval-mode BN, `return_features=True`) on x;
@@ -27,8 +27,7 @@ depend on the device count.
 
 import functools
 import json
-import os
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -36,20 +35,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from absl import logging
 from clu import metrics
 from jax import lax
 
-from nasty_jax import checkpointing
+from nasty_jax import methods
 from nasty_jax import metrics as metrics_lib
-from nasty_jax import parallel as parallel_lib
+from nasty_jax import programs
 from nasty_jax import state as state_lib
-from nasty_jax import steps
-from nasty_jax import train
 from nasty_jax.data_free import generator as generator_lib
 from nasty_jax.data_free import losses as df_losses
 
-MODE = 'dafl'
 
 
 @flax.struct.dataclass
@@ -252,90 +247,43 @@ def _describe(s: dict[str, float]) -> str:
           f'{s["train/learning_rate"]:.4g}')
 
 
-def check_spec(spec: train.StageSpec, mode: str) -> None:
-  """Raises unless `spec` is a `mode` stage with a frozen teacher."""
-  if spec.mode != mode:
-    raise ValueError(f'Stage {spec.name} has mode {spec.mode!r}; this '
-                     f'runner takes {mode!r} stages.')
-  if spec.frozen_checkpoint is None or spec.frozen_arch is None:
-    raise ValueError(f'Stage {spec.name}: {mode} needs the frozen teacher '
-                     '(StageSpec.frozen_arch and frozen_checkpoint).')
+def program(ctx: programs.Context) -> programs.Program:
+  """The engine program of a DAFL stage (see the module docstring).
 
-
-def run_dafl(config: ml_collections.ConfigDict, spec: train.StageSpec,
-             stage_dir: str, *,
-             step_hook: Callable[[int], None] | None = None
-             ) -> dict[str, Any]:
-  """Runs (or resumes, or skips) a DAFL stage and returns its result.
-
-  The student `spec.arch` learns from `spec.frozen_arch` at
-  `spec.frozen_checkpoint` for config.dafl's schedule; `stage_dir` gets
-  `best/` (the best-on-test student variables), `last/` (generator and
-  student, resumable bit-for-bit) and `result.json`, like a training stage.
-
-  Args:
-    config: the pipeline config; its `dafl` group holds the DAFL settings.
-    spec: the stage (mode 'dafl').
-    stage_dir: the stage's own folder.
-    step_hook: called with the step number after each step (tests use it to
-      simulate a pre-emption).
-
-  Returns:
-    The result: the student's best/last test accuracy (percent), the
-    teacher's test accuracy (`frozen_accuracy`), img/s and the settings.
+  The student `ctx.spec.arch` learns from the frozen teacher for
+  config.dafl's schedule; `best/` keeps the best-on-test student variables
+  and `last/` generator and student (resumable bit-for-bit), like a
+  training stage.
 
   Raises:
-    ValueError: a bad spec, config or teacher checkpoint.
+    ValueError: a bad schedule, batch size or teacher checkpoint.
   """
-  done = train.skip_if_done(spec, stage_dir)
-  if done is not None:
-    return done
-  check_spec(spec, MODE)
+  config, spec, par = ctx.config, ctx.spec, ctx.par
   dcfg = config.dafl
   if dcfg.num_epochs < 1 or dcfg.iters_per_epoch < 1:
     raise ValueError(f'dafl.num_epochs ({dcfg.num_epochs}) and '
                      f'dafl.iters_per_epoch ({dcfg.iters_per_epoch}) must '
                      'be >= 1.')
-  os.makedirs(stage_dir, exist_ok=True)
-  writer = train.create_writer(stage_dir)
-  par = parallel_lib.Parallel(config.parallelism, config.num_devices)
   par.check_batch_size(dcfg.batch_size, 'dafl.batch_size')
-  dataset = train.open_dataset(config, par)
-
   steps_per_epoch = dcfg.iters_per_epoch
-  num_steps = dcfg.num_epochs * steps_per_epoch
-  if config.num_train_steps > 0:
-    num_steps = min(num_steps, config.num_train_steps)
   s_optim = student_optim(dcfg)
   s_tx = state_lib.create_optimizer(s_optim, steps_per_epoch)
   g_tx = generator_optimizer(dcfg)
   generator = create_generator(config, par.axis_name)
-  student = train.create_model(config, spec.arch, par.axis_name)
+  student = programs.create_model(config, spec.arch, par.axis_name)
   base_key = jax.random.key(config.seed)
-  # Initialised outside any mapped axis: without BN sync.
+  # Initialised outside any mapped axis: without BN sync. Parameters from
+  # an 'rbg' key, as every stage (programs.init_key).
   init_fn = jax.jit(functools.partial(
       create_state, create_generator(config),
-      train.create_model(config, spec.arch), g_tx, s_tx,
+      programs.create_model(config, spec.arch), g_tx, s_tx,
       image_size=config.dataset.image_size), out_shardings=par.replicated)
-  # As in train.py: parameters from an 'rbg' key (XLA:CPU compiles
-  # threefry-based init far slower); step s uses fold_in(base, s + 1).
-  state = init_fn(jax.random.key(config.seed, impl='rbg'))
+  state = init_fn(programs.init_key(config.seed))
 
-  ckpts = checkpointing.StageCheckpoints(stage_dir,
-                                         config.max_checkpoints_to_keep)
-  meta = train.initial_meta(spec, spec.arch, config)
-  restored = ckpts.restore_last(train.abstract_like(state))
-  if restored is not None:
-    state, meta = restored
-    logging.info('Stage %s resumes at step %d (epoch %d).', spec.name,
-                 int(state.step), meta['epoch'])
-  else:
-    writer.write_hparams(train.flat_hparams(config, spec))
-
-  teacher, teacher_vars, teacher_accuracy = train.load_scored_frozen(
-      config, spec, dataset, par)
-  p_eval = par.eval_step(functools.partial(
-      steps.eval_step, model=student, axis_name=par.axis_name))
+  frozen = programs.load_frozen_networks(ctx)
+  teacher = frozen.models[methods.TEACHER]
+  teacher_vars = frozen.variables[methods.TEACHER]
+  p_eval = programs.eval_fn(student, par)
   p_train = par.train_step(functools.partial(
       dafl_step, generator=generator, student=student, teacher=teacher,
       g_tx=g_tx, s_tx=s_tx,
@@ -347,32 +295,21 @@ def run_dafl(config: ml_collections.ConfigDict, spec: train.StageSpec,
       sample_latents, batch_size=dcfg.batch_size, latent_dim=dcfg.latent_dim),
       out_shardings=par.batch_sharding)
 
-  def dafl_one(state, _, step):
+  def step(state, _, step):
     key = jax.random.fold_in(base_key, step + 1)
     z_key, step_key = jax.random.split(key)
     return p_train(state, teacher_vars, par.shard_batch(latents(z_key)),
                    step_key)
 
-  loop = train.EpochLoop(
-      spec=spec, num_steps=num_steps, steps_per_epoch=steps_per_epoch,
-      num_epochs=dcfg.num_epochs, images_per_step=dcfg.batch_size,
-      log_every_steps=config.log_every_steps, step=dafl_one,
-      epoch_inputs=lambda epoch, start: range(start, steps_per_epoch),
-      evaluate=lambda state: train.evaluate(
-          p_eval, state.student.variables, dataset, par,
+  return programs.Program(
+      state=state, step=step,
+      batches=lambda epoch, start: range(start, steps_per_epoch),
+      steps_per_epoch=steps_per_epoch, num_epochs=dcfg.num_epochs,
+      images_per_step=dcfg.batch_size,
+      evaluate=lambda state: programs.evaluate(
+          p_eval, state.student.variables, ctx.dataset, par,
           config.max_eval_batches),
-      best_variables=lambda state: state.student.variables,
-      best_meta={'stage': spec.name, 'arch': spec.arch,
-                 'num_classes': config.dataset.num_classes},
-      describe=_describe, percent=('agreement',))
-  outcome = train.run_epochs(loop, state, meta, int(state.step), ckpts,
-                             writer, step_hook=step_hook)
-  if outcome.preempted:
-    return {'status': 'preempted', 'step': outcome.step}
-  ckpts.close()
-  result = train.stage_result(loop, outcome, par, arch=spec.arch,
-                              frozen_accuracy=teacher_accuracy)
-  result['dafl'] = json.loads(dcfg.to_json())
-  writer.flush()
-  train.write_result(stage_dir, result)
-  return result
+      best_variables=lambda state: state.student.variables, arch=spec.arch,
+      describe=_describe, percent=('agreement',),
+      frozen_accuracy=frozen.accuracy,
+      record={'dafl': json.loads(dcfg.to_json())})

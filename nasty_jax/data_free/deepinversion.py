@@ -1,10 +1,11 @@
 """DeepInversion (Yin et al. 2020) of a frozen teacher: images from BN stats.
 
-As NVlabs `cifar10/deepinversion_cifar10.py` runs it (DATAFREE §2): the
-optimised variable is the image batch itself, in the teacher's normalised
-input space, started at x ~ N(0, I) and moved by Adam (torch defaults, no
-schedule, no clipping). Every iteration rolls the batch circularly by a
-random (dy, dx) in [-jitter, jitter]^2 and minimises, on the rolled batch,
+As NVlabs `cifar10/deepinversion_cifar10.py` runs it
+(docs/data_free.md#deepinversion): the optimised variable is the image batch
+itself, in the teacher's normalised input space, started at x ~ N(0, I) and
+moved by Adam (torch defaults, no schedule, no clipping). Every iteration rolls
+the batch circularly by a random (dy, dx) in [-jitter, jitter]^2 and minimises,
+on the rolled batch,
 
   CE(T(x~), y) + r_feature * sum_l w_l R_l + tv_l2 * TV2(x~) + l2 * ||x~||
   [+ cig_scale * L_comp(S(x~), T(x~))]
@@ -37,13 +38,11 @@ import numpy as np
 import optax
 from absl import logging
 
-from nasty_jax import checkpointing
+from nasty_jax import engine
 from nasty_jax import losses
+from nasty_jax import methods
 from nasty_jax import parallel as parallel_lib
-from nasty_jax import state as state_lib
-from nasty_jax import steps
-from nasty_jax import train
-from nasty_jax.data_free import dafl
+from nasty_jax import programs
 from nasty_jax.data_free import losses as df_losses
 from nasty_jax.models import layers
 
@@ -332,9 +331,10 @@ class Inverter:
       label: a name for the log.
 
     Returns:
-      (images (B, H, W, C) float32 normalised, per-iteration loss terms,
-      the first iteration with a non-finite loss or None). Upstream returns
-      its final iterate in effect (DATAFREE §2.4); so does this.
+      (images (B, H, W, C) float32 normalised, per-iteration loss terms, the
+      first iteration with a non-finite loss or None). Upstream returns its
+      final iterate in effect
+      (docs/data_free.md#optimiser-and-what-is-returned); so does this.
     """
     init_key, step_key = jax.random.split(key)
     state = self._init(init_key)
@@ -458,7 +458,7 @@ def write_comparison(grids: Mapping[str, str], out_path: str,
 
 
 def _init_key(seed: int, purpose: int) -> jax.Array:
-  # 'rbg', as train.py: threefry-based init compiles far slower on XLA:CPU.
+  # 'rbg', as every stage's parameters (programs.init_key).
   return jax.random.fold_in(jax.random.key(seed, impl='rbg'), purpose)
 
 
@@ -480,11 +480,11 @@ def _synthesize_pool(inverter: Inverter, base_key: jax.Array, stage_dir: str,
   for k in range(1, count):
     path = os.path.join(pool_dir, f'batch_{k:05d}.npz')
     if not os.path.exists(path):
-      if train.preemption_requested():
+      if engine.preemption_requested():
         return None
       x, _, bad = inverter.invert(_batch_key(base_key, k))
       if bad is not None:
-        raise train.NonFiniteLossError(
+        raise engine.NonFiniteLossError(
             f'DeepInversion: synthetic batch {k} went non-finite at '
             f'iteration {bad}; lower deepinversion.lr.')
       tmp = path + '.tmp.npz'
@@ -498,97 +498,57 @@ def _synthesize_pool(inverter: Inverter, base_key: jax.Array, stage_dir: str,
   return np.concatenate(images), np.concatenate(labels)
 
 
-def _distil(config: ml_collections.ConfigDict, spec: train.StageSpec,
+class _Pool:
+  """The synthetic set as a program's training data (no augmentation)."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int,
+               seed: int):
+    self.images, self.labels = images, labels
+    self.batch_size, self.seed = batch_size, seed
+    self.steps_per_epoch = len(images) // batch_size
+    if self.steps_per_epoch < 1:
+      raise ValueError(
+          f'{len(images)} synthetic images make no batch of {batch_size}; '
+          'raise deepinversion.kd_batches or lower batch_size.')
+
+  def train_batches(self, epoch: int, start_step: int = 0):
+    # Per-epoch shuffles, a function of (seed, epoch).
+    order = np.random.default_rng([self.seed, epoch]).permutation(
+        len(self.images))
+    for i in range(start_step, self.steps_per_epoch):
+      rows = order[i * self.batch_size:(i + 1) * self.batch_size]
+      yield {'image': self.images[rows], 'label': self.labels[rows]}
+
+
+def _distil(config: ml_collections.ConfigDict, spec: programs.StageSpec,
             stage_dir: str, pool: tuple[np.ndarray, np.ndarray],
-            teacher: nn.Module, teacher_vars: Any, teacher_accuracy: float,
-            dataset, par: parallel_lib.Parallel,
-            step_hook: Callable[[int], None] | None
-            ) -> dict[str, Any]:
+            frozen: programs.Frozen,
+            step_hook: Callable[[int], None] | None) -> dict[str, Any]:
   """KD (temperature kd_temperature, no hard labels) on the synthetic pool.
 
-  A training stage in `stage_dir/kd` through the engine's epoch loop:
-  per-epoch shuffles of the pool (a function of (seed, epoch), no
-  augmentation), the config's optimiser for the student arch, evaluation on
-  the real test split, best/ and last/.
+  A KD stage of the engine in `stage_dir/kd`: the config's optimiser for
+  the student arch, evaluation on the real test split, best/ and last/.
   """
   dicfg = config.deepinversion
-  arch = dicfg.kd_student_arch
-  images, labels = pool
-  batch_size = config.batch_size
-  steps_per_epoch = len(images) // batch_size
-  if steps_per_epoch < 1:
-    raise ValueError(
-        f'{len(images)} synthetic images make no batch of {batch_size}; '
-        'raise deepinversion.kd_batches or lower batch_size.')
-  kd_spec = train.StageSpec(f'{spec.name}/kd', 'kd', arch, spec.frozen_arch,
-                            spec.frozen_checkpoint)
-  kd_dir = os.path.join(stage_dir, KD_DIR)
-  writer = train.create_writer(kd_dir)
-  optim = train.optimizer_config(config, arch)
-  num_steps = dicfg.kd_epochs * steps_per_epoch
-  if config.num_train_steps > 0:
-    num_steps = min(num_steps, config.num_train_steps)
-  tx = state_lib.create_optimizer(optim, steps_per_epoch)
-  model = train.create_model(config, arch, par.axis_name)
-  base_key = jax.random.fold_in(jax.random.key(config.seed), _KD_KEY)
-  shape = (1, *images.shape[1:])
-  state = jax.jit(
-      lambda key: state_lib.create_train_state(
-          model.init(key, jnp.zeros(shape, jnp.float32), train=False), tx),
-      out_shardings=par.replicated)(
+  kd_spec = programs.StageSpec(f'{spec.name}/kd', 'kd', spec.arch,
+                               spec.frozen)
+  objective = methods.get('kd').objective(ml_collections.ConfigDict(dict(
+      temperature=float(dicfg.kd_temperature), alpha=1.0)))
+  keys = (jax.random.fold_in(jax.random.key(config.seed), _KD_KEY),
           _init_key(config.seed, _KD_KEY))
-  ckpts = checkpointing.StageCheckpoints(kd_dir,
-                                         config.max_checkpoints_to_keep)
-  meta = train.initial_meta(kd_spec, arch, config)
-  restored = ckpts.restore_last(train.abstract_like(state))
-  if restored is not None:
-    state, meta = restored
-  p_eval = par.eval_step(functools.partial(steps.eval_step, model=model,
-                                           axis_name=par.axis_name))
-  kd_config = ml_collections.ConfigDict(dict(
-      temperature=float(dicfg.kd_temperature), alpha=1.0))
-  p_train = par.train_step(functools.partial(
-      steps.train_step, model=model, tx=tx,
-      objective=steps.create_objective('kd', kd_config),
-      learning_rate_fn=state_lib.learning_rate_schedule(optim,
-                                                        steps_per_epoch),
-      frozen_model=teacher, axis_name=par.axis_name))
-
-  def epoch_inputs(epoch, start):
-    order = np.random.default_rng([config.seed, epoch]).permutation(
-        len(images))
-    for i in range(start, steps_per_epoch):
-      rows = order[i * batch_size:(i + 1) * batch_size]
-      yield {'image': images[rows], 'label': labels[rows]}
-
-  loop = train.EpochLoop(
-      spec=kd_spec, num_steps=num_steps, steps_per_epoch=steps_per_epoch,
-      num_epochs=dicfg.kd_epochs, images_per_step=batch_size,
-      log_every_steps=config.log_every_steps,
-      step=lambda state, batch, step: p_train(
-          state, teacher_vars, par.shard_batch(batch),
-          jax.random.fold_in(base_key, step + 1)),
-      epoch_inputs=epoch_inputs,
-      evaluate=lambda state: train.evaluate(p_eval, state.variables, dataset,
-                                            par, config.max_eval_batches),
-      best_variables=lambda state: state.variables,
-      best_meta={'stage': kd_spec.name, 'arch': arch,
-                 'num_classes': config.dataset.num_classes},
-      describe=train.describe_train)
-  outcome = train.run_epochs(loop, state, meta, int(state.step), ckpts,
-                             writer, step_hook=step_hook)
-  if outcome.preempted:
-    return {'status': 'preempted', 'step': outcome.step}
-  ckpts.close()
-  writer.flush()
-  result = train.stage_result(loop, outcome, par, arch=arch,
-                              frozen_accuracy=teacher_accuracy)
-  result['synthetic_images'] = int(len(images))
+  build = lambda ctx: programs.supervised(
+      ctx, train_data=_Pool(*pool, config.batch_size, config.seed),
+      num_epochs=dicfg.kd_epochs, objective=objective, keys=keys,
+      frozen=frozen)
+  result = engine.run_stage(config, kd_spec, os.path.join(stage_dir, KD_DIR),
+                            build=build, step_hook=step_hook)
+  if result.get('status') != 'preempted':
+    result['synthetic_images'] = int(len(pool[0]))
   return result
 
 
 def run_deepinversion(config: ml_collections.ConfigDict,
-                      spec: train.StageSpec, stage_dir: str, *,
+                      spec: programs.StageSpec, stage_dir: str, *,
                       step_hook: Callable[[int], None] | None = None
                       ) -> dict[str, Any]:
   """Inverts one teacher (or skips a finished stage) and returns the result.
@@ -604,8 +564,8 @@ def run_deepinversion(config: ml_collections.ConfigDict,
   Args:
     config: the pipeline config; its `deepinversion` group holds the
       settings.
-    spec: the stage (mode 'deepinversion'; frozen_* name the teacher; arch
-      the KD student).
+    spec: the stage (method 'deepinversion'; frozen: the teacher; arch: the
+      KD student).
     stage_dir: the stage's own folder.
     step_hook: passed to the KD loop (tests).
 
@@ -617,23 +577,21 @@ def run_deepinversion(config: ml_collections.ConfigDict,
   Raises:
     ValueError: a bad spec, config or teacher.
   """
-  done = train.skip_if_done(spec, stage_dir)
-  if done is not None:
-    return done
-  dafl.check_spec(spec, MODE)
   dicfg = config.deepinversion
   os.makedirs(stage_dir, exist_ok=True)
   par = parallel_lib.Parallel(config.parallelism, config.num_devices)
-  dataset = train.open_dataset(config, par)
-  teacher, teacher_vars, teacher_accuracy = train.load_scored_frozen(
-      config, spec, dataset, par)
+  ctx = programs.Context(config, spec, par,
+                         programs.open_dataset(config, par))
+  frozen = programs.load_frozen_networks(ctx)
+  teacher = frozen.models[methods.TEACHER]
+  teacher_vars = frozen.variables[methods.TEACHER]
   num_classes = config.dataset.num_classes
   size = config.dataset.image_size
   base_key = jax.random.key(config.seed)
   student = student_vars = None
   if dicfg.cig_scale:
     # Upstream's competitor is its untrained ResNet-18 (eval mode).
-    student = train.create_model(config, dicfg.kd_student_arch)
+    student = programs.create_model(config, spec.arch)
     student_vars = par.replicate(jax.jit(functools.partial(
         student.init, train=False))(
             _init_key(config.seed, _COMPETITOR_KEY),
@@ -660,9 +618,9 @@ def run_deepinversion(config: ml_collections.ConfigDict,
              **{f'curve_{k}': v for k, v in curves.items()})
     os.replace(tmp, images_path)
     seconds = time.perf_counter() - start
-    if train.preemption_requested():
+    if engine.preemption_requested():
       # The batch is saved; a rerun picks up from here.
-      train.acknowledge_preemption()
+      engine.acknowledge_preemption()
       return {'status': 'preempted', 'step': 0}
   save_png(os.path.join(stage_dir, GRID_FILE),
            image_grid(to_pixels(images, mean, std), num_classes))
@@ -673,19 +631,18 @@ def run_deepinversion(config: ml_collections.ConfigDict,
     pool = _synthesize_pool(inverter, base_key, stage_dir,
                             (images, targets), max(1, dicfg.kd_batches))
     if pool is None:
-      train.acknowledge_preemption()
+      engine.acknowledge_preemption()
       return {'status': 'preempted', 'step': 0}
-    kd = _distil(config, spec, stage_dir, pool, teacher, teacher_vars,
-                 teacher_accuracy, dataset, par, step_hook)
+    kd = _distil(config, spec, stage_dir, pool, frozen, step_hook)
     if kd.get('status') == 'preempted':
       return kd
 
   result = {
-      'stage': spec.name, 'mode': spec.mode,
+      'stage': spec.name, 'mode': spec.method,
       'arch': spec.arch if kd is not None else None,
-      'frozen_arch': spec.frozen_arch,
-      'frozen_checkpoint': spec.frozen_checkpoint,
-      'frozen_accuracy': teacher_accuracy,
+      'frozen_arch': spec.frozen[0].arch,
+      'frozen_checkpoint': spec.frozen[0].checkpoint,
+      'frozen_accuracy': frozen.accuracy,
       'status': 'nonfinite' if bad.size else 'complete',
       'images': IMAGES_FILE, 'grid': GRID_FILE,
       'iterations': int(len(curves['loss'])),
@@ -701,5 +658,5 @@ def run_deepinversion(config: ml_collections.ConfigDict,
   }
   if bad.size:
     result['nonfinite_step'] = int(bad[0])
-  train.write_result(stage_dir, result)
+  engine.write_result(stage_dir, result)
   return result

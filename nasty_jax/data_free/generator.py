@@ -1,4 +1,5 @@
-"""The DAFL image generator (huawei-noah `DAFL/DAFL-train.py`, DATAFREE §1.3).
+"""The DAFL image generator (huawei-noah `DAFL/DAFL-train.py`,
+docs/data_free.md#generator).
 
 z -> Linear -> (B, 128, s, s) -> BN -> x2 nearest -> conv-BN(eps 0.8)-LReLU
 -> x2 nearest -> conv-BN(eps 0.8)-LReLU -> conv -> tanh -> affine-free BN,
@@ -41,7 +42,8 @@ class Generator(nn.Module):
     channels: output channels.
     dtype: compute dtype.
     bn_axis_name: axis for synced BN statistics (pmap), or None. Upstream's
-      DataParallel used per-GPU statistics instead (DATAFREE §1.7).
+      DataParallel used per-GPU statistics instead
+      (docs/data_free.md#departures-and-history).
   """
   img_size: int = 32
   latent_dim: int = 1000

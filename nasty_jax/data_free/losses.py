@@ -1,9 +1,11 @@
 """DAFL and DeepInversion losses (pure jnp), as the upstream scripts run them.
 
-DAFL (huawei-noah `DAFL/DAFL-train.py`, DATAFREE §1.4-1.5): the generator's
+DAFL (huawei-noah `DAFL/DAFL-train.py`,
+docs/data_free.md#generator-and-student-losses): the generator's
 one-hot, activation and information-entropy terms, and the student's T=1 KL.
 DeepInversion (NVlabs `cifar10/deepinversion_cifar10.py` and the ImageNet
-`deepinversion.py`, DATAFREE §2.2-2.6): the BN-statistics feature loss, image
+`deepinversion.py`, docs/data_free.md#bn-feature-loss): the BN-statistics
+feature loss, image
 priors, jitter and the ADI competition term.
 
 Images are NHWC here (upstream is NCHW); every loss is a float32-or-wider
@@ -105,7 +107,8 @@ def information_entropy_loss(teacher_logits: Array) -> Array:
 def dafl_generator_loss(
     teacher_logits: Array, features: Array, oh: Scalar, ie: Scalar,
     a: Scalar) -> tuple[Array, dict[str, Array]]:
-  """L_G = oh * L_oh + ie * L_ie + a * L_a (DATAFREE §1.4).
+  """L_G = oh * L_oh + ie * L_ie + a * L_a
+  (docs/data_free.md#generator-and-student-losses).
 
   Args:
     teacher_logits: (B, C) frozen-teacher logits of the generated batch.
@@ -131,7 +134,8 @@ def dafl_generator_loss(
 def dafl_kd_loss(student_logits: Array, teacher_logits: Array) -> Array:
   """Student loss KL(softmax(t) || softmax(s)), summed, divided by B.
 
-  Temperature 1, no T^2, no hard-label term (DATAFREE §1.5); the teacher is
+  Temperature 1, no T^2, no hard-label term
+  (docs/data_free.md#generator-and-student-losses); the teacher is
   a constant.
 
   Args:
@@ -153,7 +157,8 @@ def bn_feature_loss(batch_means: Sequence[Array], batch_vars: Sequence[Array],
                     running_means: Sequence[Array],
                     running_vars: Sequence[Array],
                     first_bn_multiplier: Scalar = 1.0) -> Array:
-  """sum_l w_l (||var_l - rv_l||_2 + ||mean_l - rm_l||_2) (DATAFREE §2.2).
+  """sum_l w_l (||var_l - rv_l||_2 + ||mean_l - rm_l||_2)
+  (docs/data_free.md#bn-feature-loss).
 
   Plain Euclidean norms over channels: not squared, not divided by C_l, and
   on the variance, not the standard deviation. The running statistics are
@@ -213,7 +218,7 @@ def tv_l2(x: Array) -> Array:
 
   Returns:
     The scalar prior; the norms are per direction over the whole batch, not
-    per image, and not squared (DATAFREE §2.3).
+    per image, and not squared (docs/data_free.md#image-priors).
   """
   return sum(_safe_norm(d) for d in _tv_differences(x))
 
@@ -281,7 +286,8 @@ def adi_js_divergence(student_logits: Array, teacher_logits: Array,
   P = softmax(s/T), Q = softmax(t/T) and M = (P + Q) / 2 (M from the
   unclamped P, Q); then each is clamped into [0.01, 0.99] with zero gradient
   where a clamp is active. The KL order comes from upstream's
-  `KLDivLoss(log P~, M~)`, so this is not the textbook JS (DATAFREE §2.6).
+  `KLDivLoss(log P~, M~)`, so this is not the textbook JS
+  (docs/data_free.md#competition-term-adi).
 
   Args:
     student_logits: (B, C) student logits; not detached upstream (CIFAR).

@@ -10,7 +10,7 @@ mutable=['batch_stats'], rngs={'dropout': key})` -> (logits, updates). With
 Names starting with '_tiny' are narrow, shallow variants for tests only.
 """
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -23,37 +23,57 @@ from nasty_jax.models import resnet
 from nasty_jax.models import resnext
 from nasty_jax.models import shufflenetv2
 
-_CONSTRUCTORS: dict[str, Callable[..., nn.Module]] = {
-    'resnet18': resnet.ResNet18,
-    'resnet34': resnet.ResNet34,
-    'resnet50': resnet.ResNet50,
-    'preresnet20': preresnet.PreResNet20,
-    'preresnet32': preresnet.PreResNet32,
-    'resnext29': resnext.ResNeXt29,
-    'mobilenetv2': mobilenetv2.MobileNetV2,
-    'shufflenetv2': shufflenetv2.ShuffleNetV2,
-    'net': cnn.Net,
-    'mlp': cnn.MLP,
-    # pylint: disable=protected-access
-    '_tiny_resnet': resnet._TinyResNet,
-    '_tiny_preresnet': preresnet._TinyPreResNet,
-    '_tiny_resnext': resnext._TinyResNeXt,
-    '_tiny_mobilenetv2': mobilenetv2._TinyMobileNetV2,
-    '_tiny_shufflenetv2': shufflenetv2._TinyShuffleNetV2,
-    '_tiny_cnn': cnn._TinyCNN,
-    '_tiny_mlp': cnn._TinyMLP,
-    # pylint: enable=protected-access
-}
+class Arch(NamedTuple):
+  """What the rest of the code needs to know about an architecture.
 
-MODEL_NAMES = ('resnet18', 'resnet34', 'resnet50', 'preresnet20',
-               'preresnet32', 'resnext29', 'mobilenetv2', 'shufflenetv2',
-               'net', 'mlp')
-TINY_MODEL_NAMES = tuple(n for n in _CONSTRUCTORS if n.startswith('_tiny'))
+  Attributes:
+    constructor: the linen Module class (or partial).
+    options: `config.model` fields it takes beyond the common ones (the
+      reference's Net reads its width and dropout from params.json).
+    optimizer: the reference's optimiser for it, 'sgd' or 'adam' (net and
+      mlp train with Adam 1e-3, everything else with SGD).
+  """
+  constructor: Callable[..., nn.Module]
+  options: tuple[str, ...] = ()
+  optimizer: str = 'sgd'
+
+
+_NET_OPTIONS = ('num_channels', 'dropout_rate')
+# pylint: disable=protected-access
+ARCHS: dict[str, Arch] = {
+    'resnet18': Arch(resnet.ResNet18),
+    'resnet34': Arch(resnet.ResNet34),
+    'resnet50': Arch(resnet.ResNet50),
+    'preresnet20': Arch(preresnet.PreResNet20),
+    'preresnet32': Arch(preresnet.PreResNet32),
+    'resnext29': Arch(resnext.ResNeXt29),
+    'mobilenetv2': Arch(mobilenetv2.MobileNetV2),
+    'shufflenetv2': Arch(shufflenetv2.ShuffleNetV2),
+    'net': Arch(cnn.Net, _NET_OPTIONS, 'adam'),
+    'mlp': Arch(cnn.MLP, (), 'adam'),
+    # Narrow, shallow variants for tests only.
+    '_tiny_resnet': Arch(resnet._TinyResNet),
+    '_tiny_preresnet': Arch(preresnet._TinyPreResNet),
+    '_tiny_resnext': Arch(resnext._TinyResNeXt),
+    '_tiny_mobilenetv2': Arch(mobilenetv2._TinyMobileNetV2),
+    '_tiny_shufflenetv2': Arch(shufflenetv2._TinyShuffleNetV2),
+    '_tiny_cnn': Arch(cnn._TinyCNN, _NET_OPTIONS, 'adam'),
+    '_tiny_mlp': Arch(cnn._TinyMLP, (), 'adam'),
+}
+# pylint: enable=protected-access
+
+TINY_MODEL_NAMES = tuple(n for n in ARCHS if n.startswith('_tiny'))
+MODEL_NAMES = tuple(n for n in ARCHS if n not in TINY_MODEL_NAMES)
 
 _COMMON_KWARGS = ('dtype', 'bn_momentum', 'bn_axis_name')
-# The reference's Net reads these from params.json.
-_EXTRA_KWARGS = {name: ('num_channels', 'dropout_rate')
-                 for name in ('net', '_tiny_cnn')}
+
+
+def get_arch(name: str) -> Arch:
+  """The architecture `name`; raises listing the valid names."""
+  if name not in ARCHS:
+    raise ValueError(f'Unknown architecture {name!r}; valid names: '
+                     f'{", ".join(MODEL_NAMES)}.')
+  return ARCHS[name]
 
 
 def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
@@ -62,8 +82,8 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
   Args:
     name: one of MODEL_NAMES (or a test-only '_tiny_*' name).
     num_classes: classifier outputs (10, 100 or 200 in the paper).
-    **kwargs: `dtype`, `bn_momentum`, `bn_axis_name`; `net` also takes
-      `num_channels` and `dropout_rate`.
+    **kwargs: `dtype`, `bn_momentum`, `bn_axis_name`, and the arch's own
+      `options` (`net`: `num_channels`, `dropout_rate`).
 
   Returns:
     An unbound linen Module.
@@ -72,19 +92,17 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     ValueError: unknown name, bad num_classes or an argument the
       architecture does not take.
   """
-  if name not in _CONSTRUCTORS:
-    raise ValueError(f'Unknown architecture {name!r}; valid names: '
-                     f'{", ".join(MODEL_NAMES)}.')
+  arch = get_arch(name)
   if isinstance(num_classes, bool) or not isinstance(num_classes, int) or (
       num_classes < 1):
     raise ValueError(f'num_classes must be a positive int; got '
                      f'{num_classes!r}.')
-  allowed = _COMMON_KWARGS + _EXTRA_KWARGS.get(name, ())
+  allowed = _COMMON_KWARGS + arch.options
   unknown = sorted(set(kwargs) - set(allowed))
   if unknown:
     raise ValueError(f'{name} does not take {", ".join(unknown)}; it takes '
                      f'{", ".join(allowed)}.')
-  return _CONSTRUCTORS[name](num_classes=num_classes, **kwargs)
+  return arch.constructor(num_classes=num_classes, **kwargs)
 
 
 def feature_dim(name: str, **kwargs: Any) -> int:

@@ -1,6 +1,7 @@
 """The plain CNN `net` and the `mlp` (reference `model/net.py`, `model/mlp.py`).
 
-SPEC §2.6-§2.7. Both flatten in torch's (C, H, W) order into a fixed-size
+docs/reference.md#plain-cnn-net Both flatten in torch's (C, H, W) order into a
+fixed-size
 `fc1`, so both are 32x32-only. `net` is conv-BN-maxpool-ReLU three times, then
 fc1-BatchNorm1d-ReLU-dropout and fc2; `mlp` puts a ReLU on its logits, as the
 reference does. torch default initialisation everywhere.

@@ -1,6 +1,6 @@
 """PyTorch-exact building blocks shared by every architecture (NHWC).
 
-Parity choices with the reference (SPEC §1):
+Parity choices with the reference (docs/reference.md#padding):
 
 * `Conv` pads symmetrically by an explicit integer, as torch's `padding=p`
   does. Flax 'SAME' pads (0, 1) on even inputs with stride 2 and gives

@@ -1,4 +1,5 @@
-"""MobileNetV2, CIFAR variant (reference `model/mobilenetv2.py`; SPEC §2.4).
+"""MobileNetV2, CIFAR variant (reference `model/mobilenetv2.py`;
+docs/reference.md#mobilenetv2).
 
 Quirks kept from the reference: the stem is a 1x1 conv with padding 1 (34x34
 output on 32x32 input, a bias-only border), only three stride-2 stages (the

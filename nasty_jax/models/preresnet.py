@@ -1,4 +1,5 @@
-"""Pre-activation ResNet-20/32, the paper's "ResNetC" (SPEC §2.2).
+"""Pre-activation ResNet-20/32, the paper's "ResNetC"
+(docs/reference.md#preresnet).
 
 Reference `model/preresnet.py`: a bare 3x3 stem (no BN/ReLU), BN-ReLU-conv
 blocks with no ReLU after the addition, a conv-only 1x1 `downsample` applied

@@ -1,4 +1,5 @@
-"""CIFAR-style ResNet-18/34/50 (reference `model/resnet.py`; SPEC §2.1).
+"""CIFAR-style ResNet-18/34/50 (reference `model/resnet.py`;
+docs/reference.md#resnet).
 
 3x3 stride-1 stem with no max-pool, four stages of widths 64..512, projection
 shortcuts (1x1 conv + BN) where the shape changes, global average pool and a

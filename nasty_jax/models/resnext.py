@@ -1,4 +1,5 @@
-"""ResNeXt-29 8x64d (reference `model/resnext.py`, CifarResNeXt; SPEC §2.3).
+"""ResNeXt-29 8x64d (reference `model/resnext.py`, CifarResNeXt;
+docs/reference.md#resnext-29).
 
 Stage widths 64 -> 256/512/1024 with grouped 3x3 convs of inner width
 cardinality*out/widen_factor (512/1024/2048, 8 groups). Convs are

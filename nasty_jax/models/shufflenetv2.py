@@ -1,4 +1,5 @@
-"""ShuffleNetV2 1x (reference `model/shufflenetv2.py`; SPEC §2.5).
+"""ShuffleNetV2 1x (reference `model/shufflenetv2.py`;
+docs/reference.md#shufflenetv2).
 
 Stem conv3x3-BN with no ReLU and no max-pool; stages of one down-sampling unit
 plus basic units; every conv has a bias; torch default initialisation. In a

@@ -10,7 +10,8 @@ its extracted folder:
   val/val_annotations.txt        `<file>\\t<wnid>\\t<box>` per val image
 
 Labels are the indices of the *sorted* wnids, as torchvision's ImageFolder
-gives the reference (SPEC §7); val labels come from val_annotations.txt
+gives the reference (docs/reference.md#data); val labels come from
+val_annotations.txt
 (the reference needed val/ re-arranged by hand for this). Splits: 'train'
 and 'validation' (the reference's test set). 64x64 images; JPEGs are stored
 as they are, the few grey ones converted to RGB (PNG), like PIL's

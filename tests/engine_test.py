@@ -1,4 +1,5 @@
-"""One stage end to end on the real digits data: resume, NaN stop, errors."""
+"""The stage engine end to end on the real digits data: resume, NaN stop,
+errors."""
 
 import json
 import os
@@ -9,7 +10,8 @@ import pytest
 
 from configs import digits as digits_config
 from nasty_jax import checkpointing
-from nasty_jax import train
+from nasty_jax import engine
+from nasty_jax import programs
 
 
 def _config(**overrides):
@@ -30,7 +32,13 @@ def _config(**overrides):
   return config
 
 
-NORMAL = train.StageSpec('normal', 'normal', '_tiny_resnet')
+NORMAL = programs.StageSpec('normal', 'normal', '_tiny_resnet')
+
+
+def _kd_spec(teacher_arch, checkpoint):
+  return programs.StageSpec(
+      'kd_normal/_tiny_cnn', 'kd', '_tiny_cnn',
+      (programs.FrozenSpec('teacher', teacher_arch, checkpoint),))
 
 
 def _params(stage_dir):
@@ -40,18 +48,18 @@ def _params(stage_dir):
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
   config = _config()
-  full = train.train_and_evaluate(config, NORMAL, str(tmp_path / 'full'))
+  full = engine.run_stage(config, NORMAL, str(tmp_path / 'full'))
 
   def preempt_mid_epoch(step):
     if step == 5:
-      train.request_preemption()
+      engine.request_preemption()
 
   killed_dir = str(tmp_path / 'killed')
-  first = train.train_and_evaluate(config, NORMAL, killed_dir,
+  first = engine.run_stage(config, NORMAL, killed_dir,
                                    step_hook=preempt_mid_epoch)
   assert first == {'status': 'preempted', 'step': 5}
-  assert train.read_result(killed_dir) is None
-  resumed = train.train_and_evaluate(config, NORMAL, killed_dir)
+  assert engine.read_result(killed_dir) is None
+  resumed = engine.run_stage(config, NORMAL, killed_dir)
 
   for key in ('best', 'last', 'best_epoch', 'steps', 'epochs'):
     assert resumed[key] == full[key], key
@@ -62,30 +70,29 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
                   jax.tree_util.tree_leaves(resumed_vars)):
     np.testing.assert_array_equal(a, b)
   # A finished stage is skipped: the same result comes back from disk.
-  assert train.train_and_evaluate(config, NORMAL, killed_dir) == resumed
+  assert engine.run_stage(config, NORMAL, killed_dir) == resumed
 
   # A SIGTERM during a stage's set-up is kept: its first step checkpoints
   # and returns; the rerun ends as the uninterrupted run.
   early_dir = str(tmp_path / 'early')
-  train.request_preemption()
-  assert train.train_and_evaluate(config, NORMAL, early_dir) == {
+  engine.request_preemption()
+  assert engine.run_stage(config, NORMAL, early_dir) == {
       'status': 'preempted', 'step': 1}
-  assert not train.preemption_requested()
-  early = train.train_and_evaluate(config, NORMAL, early_dir)
+  assert not engine.preemption_requested()
+  early = engine.run_stage(config, NORMAL, early_dir)
   for key in ('best', 'last', 'best_epoch', 'steps', 'epochs'):
     assert early[key] == full[key], key
 
 
 def test_kd_stage_reads_frozen_teacher_and_records_its_accuracy(tmp_path):
   config = _config(num_epochs=1)
-  teacher = train.train_and_evaluate(config, NORMAL,
+  teacher = engine.run_stage(config, NORMAL,
                                      str(tmp_path / 'normal'))
-  spec = train.StageSpec('kd_normal/_tiny_cnn', 'kd', '_tiny_cnn',
-                         '_tiny_resnet', str(tmp_path / 'normal'))
-  result = train.train_and_evaluate(config, spec, str(tmp_path / 'kd'))
+  spec = _kd_spec('_tiny_resnet', str(tmp_path / 'normal'))
+  result = engine.run_stage(config, spec, str(tmp_path / 'kd'))
   assert result['status'] == 'complete'
   assert result['frozen_accuracy'] == pytest.approx(teacher['best'])
-  with open(tmp_path / 'kd' / train.RESULT_FILE) as f:
+  with open(tmp_path / 'kd' / engine.RESULT_FILE) as f:
     assert json.load(f)['stage'] == 'kd_normal/_tiny_cnn'
 
 
@@ -95,7 +102,7 @@ def test_nonfinite_loss_stops_stage_and_keeps_last_good_checkpoint(tmp_path):
   with config.unlocked():
     config.optim.sgd.learning_rate = 1e12
   stage_dir = str(tmp_path / 'nan')
-  result = train.train_and_evaluate(config, NORMAL, stage_dir)
+  result = engine.run_stage(config, NORMAL, stage_dir)
   assert result['status'] == 'nonfinite'
   assert result['nonfinite_step'] >= 0
   assert result['steps'] < 4 * 8
@@ -111,22 +118,20 @@ def test_bad_frozen_checkpoint_is_a_clear_error(tmp_path):
   garbage = tmp_path / 'garbage'
   garbage.mkdir()
   (garbage / 'not_a_checkpoint.txt').write_text('hello')
-  spec = train.StageSpec('kd_normal/_tiny_cnn', 'kd', '_tiny_cnn',
-                         '_tiny_resnet', str(garbage))
+  spec = _kd_spec('_tiny_resnet', str(garbage))
   with pytest.raises(FileNotFoundError, match='no finished checkpoint'):
-    train.train_and_evaluate(config, spec, str(tmp_path / 'kd'))
+    engine.run_stage(config, spec, str(tmp_path / 'kd'))
   assert (garbage / 'not_a_checkpoint.txt').read_text() == 'hello'
 
   # A teacher of another architecture is refused by name.
-  train.train_and_evaluate(config, NORMAL, str(tmp_path / 'normal'))
-  spec = train.StageSpec('kd_normal/_tiny_cnn', 'kd', '_tiny_cnn',
-                         '_tiny_preresnet', str(tmp_path / 'normal'))
+  engine.run_stage(config, NORMAL, str(tmp_path / 'normal'))
+  spec = _kd_spec('_tiny_preresnet', str(tmp_path / 'normal'))
   with pytest.raises(ValueError, match="arch='_tiny_resnet'"):
-    train.train_and_evaluate(config, spec, str(tmp_path / 'kd2'))
-  assert os.path.exists(tmp_path / 'normal' / train.RESULT_FILE)
+    engine.run_stage(config, spec, str(tmp_path / 'kd2'))
+  assert os.path.exists(tmp_path / 'normal' / engine.RESULT_FILE)
 
 
 def test_batch_size_that_does_not_divide_is_refused(tmp_path):
   config = _config(batch_size=10)
   with pytest.raises(ValueError, match='batch_size=10 does not divide'):
-    train.train_and_evaluate(config, NORMAL, str(tmp_path / 'x'))
+    engine.run_stage(config, NORMAL, str(tmp_path / 'x'))
