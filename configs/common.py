@@ -57,6 +57,10 @@ def base_config(*, dataset: str, image_size: int, num_classes: int,
   # (pipeline.select): teachers, students, a method (kd), a stage group
   # (kd_nasty, dafl) or one stage (kd_nasty/net).
   c.stages = 'all'
+  # Stage selectors (as `stages`) whose folders may be retrained when they
+  # were made with other settings; the stages after them come along. The
+  # old folders are kept as <stage>.stale-N.
+  c.retrain = ''
   # User modules (or .py paths) that register methods, '+'-separated.
   c.extensions = ''
 
@@ -99,7 +103,8 @@ def base_config(*, dataset: str, image_size: int, num_classes: int,
   c.num_train_steps = -1
 
   c.model = ml_collections.ConfigDict(dict(
-      bn_momentum=0.1, num_channels=32, dropout_rate=0.0,
+      # net's width (num_channels) and dropout; the ResNets' base width.
+      bn_momentum=0.1, num_channels=32, dropout_rate=0.0, width=64,
       # 'float32' is the reference-exact path; 'bfloat16' computes in bf16
       # with float32 parameters, BN statistics, softmax/KL and loss.
       dtype='float32'))
@@ -220,9 +225,9 @@ def check_archs(config: ml_collections.ConfigDict) -> None:
   """Raises if the teacher or a student names no known architecture."""
   names = [config.teacher.arch] + methods.parse_list(config.students.archs)
   for name in names:
-    if name not in models.MODEL_NAMES and not name.startswith('_tiny'):
+    if name not in models.ARCHS:
       raise ValueError(f'Unknown architecture {name!r}. Valid: '
-                       f'{", ".join(models.MODEL_NAMES)}.')
+                       f'{", ".join(models.ARCH_NAMES)}.')
 
 
 def runlocal_defaults(config: ml_collections.ConfigDict) -> None:

@@ -15,7 +15,6 @@ every step's key is `fold_in(key(seed), step + 1)`.
 """
 
 import contextlib
-import json
 import os
 import signal
 import threading
@@ -29,6 +28,8 @@ from clu import metric_writers
 from clu import periodic_actions
 
 from nasty_jax import checkpointing
+from nasty_jax import fingerprint
+from nasty_jax import jsonio
 from nasty_jax import methods
 from nasty_jax import parallel as parallel_lib
 from nasty_jax import programs
@@ -41,6 +42,10 @@ PROFILE_STEPS = (10, 15)
 
 class NonFiniteLossError(RuntimeError):
   """A stage's loss became NaN or inf."""
+
+
+class StaleStageError(ValueError):
+  """A stage folder made with other settings than the ones asked for."""
 
 
 _PREEMPTED = threading.Event()
@@ -72,19 +77,72 @@ def install_preemption_handler() -> None:
 
 
 def read_result(stage_dir: str) -> dict[str, Any] | None:
-  """A finished stage's result, or None while it is incomplete."""
-  path = os.path.join(stage_dir, RESULT_FILE)
-  if not os.path.exists(path):
+  """A finished stage's result, or None while it is incomplete.
+
+  An unreadable result.json (a torn write of an older version, a disk
+  error) counts as unfinished: the stage is redone from its checkpoint,
+  never trusted.
+  """
+  try:
+    return jsonio.read(os.path.join(stage_dir, RESULT_FILE))
+  except jsonio.UnreadableFileError as e:
+    logging.warning('%s; the stage is treated as unfinished.', e)
     return None
-  with open(path) as f:
-    return json.load(f)
 
 
 def write_result(stage_dir: str, result: dict[str, Any]) -> None:
   """Marks a stage complete: writes its result.json (process 0)."""
   if jax.process_index() == 0:
-    with open(os.path.join(stage_dir, RESULT_FILE), 'w') as f:
-      json.dump(result, f, indent=1)
+    jsonio.write(os.path.join(stage_dir, RESULT_FILE), result)
+
+
+def check_folder(spec: programs.StageSpec, stage_dir: str,
+                 wanted: dict[str, Any], *, retrain: bool = False) -> None:
+  """Refuses a stage folder made with other settings than `wanted`.
+
+  A folder with the same fingerprint (or none yet) passes. One with another
+  fingerprint, or none recorded (an older nasty_jax made it), is moved
+  aside to `<folder>.stale-N` when `retrain` is set or when the stage had
+  stopped at a non-finite loss (retried once its settings change), and is
+  otherwise an error naming what changed. Nothing is deleted.
+
+  Raises:
+    StaleStageError: the folder's settings differ and `retrain` is off.
+  """
+  if not os.path.isdir(stage_dir) or not os.listdir(stage_dir):
+    return
+  try:
+    recorded = fingerprint.read(stage_dir)
+  except jsonio.UnreadableFileError:
+    recorded = None
+  if recorded is not None and recorded.get('fingerprint') == fingerprint.of(
+      wanted):
+    return
+  result = read_result(stage_dir)
+  if retrain or (result or {}).get('status') == 'nonfinite':
+    aside = _stale_name(stage_dir)
+    os.replace(stage_dir, aside)
+    logging.warning('Stage %s: its folder had other settings; kept as %s, '
+                    'retraining.', spec.name, aside)
+    return
+  if recorded is None:
+    changed = 'no settings record (made by an older nasty_jax?)'
+  else:
+    diffs = fingerprint.differences(recorded.get('settings', {}), wanted)
+    changed = '; '.join(diffs[:6]) + (f'; +{len(diffs) - 6} more'
+                                      if len(diffs) > 6 else '')
+  raise StaleStageError(
+      f'Stage {spec.name} in {stage_dir} was made with other settings '
+      f'({changed}). Use a new --workdir, or --config.retrain={spec.name} '
+      'to retrain it and the stages after it (the old folder is kept as '
+      f'{_stale_name(stage_dir)}).')
+
+
+def _stale_name(stage_dir: str) -> str:
+  n = 1
+  while os.path.exists(f'{stage_dir}.stale-{n}'):
+    n += 1
+  return f'{stage_dir}.stale-{n}'
 
 
 def skip_if_done(spec: programs.StageSpec, stage_dir: str
@@ -95,6 +153,17 @@ def skip_if_done(spec: programs.StageSpec, stage_dir: str
     logging.info('Stage %s is complete (%s); skipping.', spec.name,
                  os.path.join(stage_dir, RESULT_FILE))
   return done
+
+
+def stage_settings(config: ml_collections.ConfigDict,
+                   spec: programs.StageSpec,
+                   sources: dict[str, str] | None = None) -> dict[str, Any]:
+  """`fingerprint.settings` of a stage; sources default to its checkpoints'
+  recorded fingerprints."""
+  if sources is None:
+    sources = {f.role: fingerprint.checkpoint_identity(f.checkpoint)
+               for f in spec.frozen}
+  return fingerprint.settings(config, spec, sources)
 
 
 def create_writer(stage_dir: str) -> metric_writers.MetricWriter:
@@ -125,8 +194,9 @@ def run_stage(config: ml_collections.ConfigDict, spec: programs.StageSpec,
               stage_dir: str, *,
               build: Callable[[programs.Context], programs.Program] | None
               = None,
-              step_hook: Callable[[int], None] | None = None
-              ) -> dict[str, Any]:
+              step_hook: Callable[[int], None] | None = None,
+              sources: dict[str, str] | None = None,
+              retrain: bool = False) -> dict[str, Any]:
   """Runs (or resumes, or skips) one stage and returns its result.
 
   Args:
@@ -137,6 +207,10 @@ def run_stage(config: ml_collections.ConfigDict, spec: programs.StageSpec,
       for an objective method).
     step_hook: called with the step number after each step (tests use it to
       simulate a pre-emption).
+    sources: the fingerprints of the frozen networks' producers (the
+      pipeline's expectation); default read from their folders.
+    retrain: move a folder made with other settings aside and retrain
+      (`check_folder`).
 
   Returns:
     The stage's result: best/last test accuracy (percent), best epoch,
@@ -145,15 +219,20 @@ def run_stage(config: ml_collections.ConfigDict, spec: programs.StageSpec,
 
   Raises:
     ValueError: a bad config or checkpoint, with what to change.
+    StaleStageError: the folder was made with other settings.
   """
+  method = check_spec(spec)
+  wanted = stage_settings(config, spec, sources)
+  check_folder(spec, stage_dir, wanted, retrain=retrain)
   done = skip_if_done(spec, stage_dir)
   if done is not None:
     return done
-  method = check_spec(spec)
+  os.makedirs(stage_dir, exist_ok=True)
+  if jax.process_index() == 0 and fingerprint.read(stage_dir) is None:
+    fingerprint.record(stage_dir, wanted)
   if method.runner is not None and build is None:
     return method.runner_fn(config, spec, stage_dir, step_hook=step_hook)
   build = build or method.program_fn or programs.supervised
-  os.makedirs(stage_dir, exist_ok=True)
   writer = create_writer(stage_dir)
   par = parallel_lib.Parallel(config.parallelism, config.num_devices)
   ctx = programs.Context(config, spec, par,
@@ -204,8 +283,16 @@ def run_stage(config: ml_collections.ConfigDict, spec: programs.StageSpec,
       'compile_and_first_interval_seconds':
           loop.throughput.first_step_seconds,
       'devices': par.device_count, 'parallelism': par.kind,
+      'fingerprint': fingerprint.of(wanted),
       **program.record,
   }
+  if 'ensemble_accuracy' in history[-1]:
+    # A multi-head network: its heads' ensemble at the final head's best
+    # epoch and at the last one.
+    best = [h for h in history if h['epoch'] == meta['best_epoch']]
+    result['ensemble'] = {
+        'best': best[0]['ensemble_accuracy'] if best else None,
+        'last': history[-1]['ensemble_accuracy']}
   if nonfinite is not None:
     result['nonfinite_step'] = nonfinite
     result['last'] = meta['history'][-1]['accuracy'] if meta['history'] \
@@ -339,10 +426,8 @@ class _Loop:
       ev = self.program.evaluate(state)
     meta['epoch'] = epoch + 1
     meta['history'] = list(meta['history']) + [
-        {'epoch': epoch + 1, 'step': step, 'accuracy': ev['accuracy'],
-         'loss': ev['loss']}]
-    self.writer.write_scalars(step, {'eval/accuracy': ev['accuracy'],
-                                     'eval/loss': ev['loss']})
+        {'epoch': epoch + 1, 'step': step, **ev}]
+    self.writer.write_scalars(step, {f'eval/{k}': v for k, v in ev.items()})
     logging.info('Stage %s epoch %d/%d: test accuracy %.2f%% (loss %.4f).',
                  self.spec.name, epoch + 1, self.program.num_epochs,
                  ev['accuracy'], ev['loss'])

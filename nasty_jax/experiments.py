@@ -71,8 +71,13 @@ def run_dir(workdir: str, run_name: str, seed: int) -> str:
   return os.path.join(workdir, run_name, f'seed{seed}')
 
 
-def flag_overrides(run: schema.Run, workdir: str, seed: int) -> list[str]:
-  """The run's `--config.key=value` flags for one seed (refs resolved)."""
+def flag_overrides(run: schema.Run, workdir: str, seed: int,
+                   extra: Sequence[str] = ()) -> list[str]:
+  """The run's `--config.key=value` flags for one seed (refs resolved).
+
+  `extra` ('key=value' items, the command line's `--set`) come last: they
+  apply to every run (where the user keeps the data, say).
+  """
   out = [f'--config.seed={seed}']
   for key, value in run.overrides:
     if isinstance(value, schema.StageRef):
@@ -82,7 +87,7 @@ def flag_overrides(run: schema.Run, workdir: str, seed: int) -> list[str]:
     out.append(f'--config.{key}={value}')
   if run.stages != 'all':
     out.append(f'--config.stages={run.stages}')
-  return out
+  return out + [f'--config.{item}' for item in extra]
 
 
 def config_flag(run: schema.Run) -> str:
@@ -132,22 +137,24 @@ def load_config(config_arg: str, overrides: Sequence[str] = ()
   return config
 
 
-def run_config(run: schema.Run, workdir: str, seed: int
-               ) -> ml_collections.ConfigDict:
+def run_config(run: schema.Run, workdir: str, seed: int,
+               extra: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """The config of `run` for `seed`, stage references resolved."""
   return load_config(config_flag(run)[len('--config='):],
-                     flag_overrides(run, workdir, seed))
+                     flag_overrides(run, workdir, seed, extra))
 
 
-def command(run: schema.Run, workdir: str, seed: int) -> str:
+def command(run: schema.Run, workdir: str, seed: int,
+            extra: Sequence[str] = ()) -> str:
   """The main command line equivalent to running `run` for `seed`."""
   args = ['python', '-m', 'nasty_jax.main', config_flag(run),
-          *flag_overrides(run, workdir, seed),
+          *flag_overrides(run, workdir, seed, extra),
           f'--workdir={run_dir(workdir, run.name, seed)}']
   return ' '.join(shlex.quote(a) for a in args)
 
 
-def check_entry(entry: schema.Entry, workdir: str = 'DIR') -> None:
+def check_entry(entry: schema.Entry, workdir: str = 'DIR',
+                extra: Sequence[str] = ()) -> None:
   """Loads every run's config and checks the entry hangs together.
 
   Raises:
@@ -173,7 +180,7 @@ def check_entry(entry: schema.Entry, workdir: str = 'DIR') -> None:
         raise ValueError(
             f'{entry.name}: run {run.name!r} reads stage {ref.stage!r} of '
             f'{ref.run!r}, which selects only {sorted(selected[ref.run])}.')
-    config = run_config(run, workdir, 0)
+    config = run_config(run, workdir, 0, extra)
     stages = pipeline.plan(config, run_dir(workdir, run.name, 0))
     selected[run.name] = {s.spec.name
                           for s in pipeline.select(stages, config.stages)}
@@ -216,27 +223,25 @@ def _selected_done(config: ml_collections.ConfigDict, directory: str) -> bool:
       engine.read_result(s.directory) is not None for s in stages)
 
 
-def run_entry(entry: schema.Entry, workdir: str, seeds: Sequence[int]
-              ) -> dict[str, Any]:
+def run_entry(entry: schema.Entry, workdir: str, seeds: Sequence[int],
+              extra: Sequence[str] = ()) -> dict[str, Any]:
   """Runs (or resumes, or skips) every run of `entry` for every seed.
 
   Returns:
     {'ran': [(run, seed)], 'skipped': [(run, seed)], 'preempted': bool}.
   """
-  check_entry(entry, workdir)
+  check_entry(entry, workdir, extra)
   outcome = {'ran': [], 'skipped': [], 'preempted': False}
   for run, seed in run_seeds(entry, seeds):
     directory = run_dir(workdir, run.name, seed)
-    config = run_config(run, workdir, seed)
+    config = run_config(run, workdir, seed, extra)
     if _selected_done(config, directory):
       logging.info('%s seed %d: %s is complete; skipping.', entry.name,
                    seed, directory)
       outcome['skipped'].append((run.name, seed))
       continue
     logging.info('%s seed %d: %s', entry.name, seed,
-                 command(run, workdir, seed))
-    if jax.process_index() == 0:
-      pipeline.write_config(config, directory)
+                 command(run, workdir, seed, extra))
     result = pipeline.run(config, directory)
     outcome['ran'].append((run.name, seed))
     if result.get('status') == 'preempted':
@@ -260,13 +265,13 @@ def run_seeds(entry: schema.Entry, seeds: Sequence[int]
 
 
 def describe(entry: schema.Entry, workdir: str = 'DIR',
-             seeds: Sequence[int] = (0,)) -> str:
+             seeds: Sequence[int] = (0,), extra: Sequence[str] = ()) -> str:
   """The entry's title, note and every run as a main command line."""
   lines = [f'{entry.name}: {entry.title}']
   if entry.note:
     lines.append(f'  {entry.note}')
   for run, seed in run_seeds(entry, seeds):
-    lines.append('  ' + command(run, workdir, seed))
+    lines.append('  ' + command(run, workdir, seed, extra))
   return '\n'.join(lines)
 
 
@@ -316,6 +321,9 @@ def define_flags() -> None:
                       'Root of the runs (each under <run name>/seed<S>).')
   flags.DEFINE_string('seeds', None, 'Comma-separated seeds. run: default 0; '
                       'report: default every seed folder found.')
+  flags.DEFINE_multi_string(
+      'set', [], 'run: key=value overrides for every run of the entry, e.g. '
+      '--set=dataset.manual_dir=/data/cifar10_images.')
   flags.DEFINE_string('out', os.path.join(REPO, 'experiments', 'results'),
                       'report: where <NAME>.md, <NAME>.json and the PNGs '
                       'go.')
@@ -346,7 +354,7 @@ def main(argv: Sequence[str]) -> None:
   if verb == 'run':
     runtime.configure()
     engine.install_preemption_handler()
-    run_entry(entry, workdir, seeds or [0])
+    run_entry(entry, workdir, seeds or [0], flags.FLAGS.set)
   else:
     if not os.path.isdir(workdir):
       raise app.UsageError(f'No workdir {workdir}: give the --workdir that '

@@ -60,8 +60,6 @@ def main(argv):
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(),
                jax.process_count(), jax.devices())
   engine.install_preemption_handler()
-  if jax.process_index() == 0:
-    pipeline.write_config(config, workdir)
   results = pipeline.run(config, workdir)
   if 'teachers' in results:
     logging.info('Results in %s/results.md:\n%s', workdir,

@@ -96,6 +96,10 @@ class Method:
     per_teacher_stage: a custom stage named `<stage>/<teacher>`, its arch
       from `<group>.student_arch` and switched on by `<group>.enabled`
       (the data-free attacks), rather than one per student arch.
+    student_archs: for a method with a network of its own, the student
+      architecture it trains in place of each one it applies to (the
+      Skeptical student's multi-exit twin); None = the student itself.
+    fixed: fields that override the config group (a `variant`'s).
   """
   name: str
   role: str
@@ -109,6 +113,8 @@ class Method:
   program: Callable[..., Any] | str | None = None
   runner: Callable[..., Any] | str | None = None
   per_teacher_stage: bool = False
+  student_archs: Mapping[str, str] | None = None
+  fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     if self.role not in ROLES:
@@ -141,6 +147,22 @@ class Method:
     """A student-side method distilling from the teacher under attack."""
     return self.role == STUDENT and (TEACHER in self.frozen
                                      or self.per_teacher_stage)
+
+  def trained_arch(self, student: str) -> str:
+    """The architecture this method trains for student architecture
+    `student`.
+
+    Raises:
+      ValueError: the method has no network for that student.
+    """
+    if self.student_archs is None:
+      return student
+    if student not in self.student_archs:
+      raise ValueError(
+          f'Method {self.name!r} trains a network of its own, defined for '
+          f'students {", ".join(sorted(self.student_archs))}; not for '
+          f'{student!r}.')
+    return self.student_archs[student]
 
   def stage_name(self, teacher: str | None = None, arch: str | None = None
                  ) -> str:
@@ -209,6 +231,27 @@ def by_stage_prefix(prefix: str) -> Method | None:
   return None
 
 
+def variant(base: str, name: str, label: str, **fields: Any) -> Method:
+  """A registered copy of method `base` with other default fields.
+
+  For sweeps in one run (the audit's KD temperatures, top-k sizes): the
+  copy has its own name, stage prefix and label, and its fields are the
+  base's defaults with `fields` changed (not read from the base's config
+  group). Registering the same variant again returns it.
+  """
+  method = get(base)
+  if name in _REGISTRY:
+    return _REGISTRY[name]
+  return register(dataclasses.replace(
+      method, name=name, stage=name, label=label, group=name,
+      defaults={**fields_of(method), **fields}))
+
+
+def fields_of(method: Method) -> dict[str, Any]:
+  """A method's default fields (its `defaults`)."""
+  return dict(method.defaults)
+
+
 def parse_list(text: str) -> list[str]:
   """'a+b,c' -> ['a', 'b', 'c'] ('+' fits inside a config argument)."""
   return [x.strip() for x in text.replace('+', ',').split(',') if x.strip()]
@@ -235,6 +278,8 @@ def fields(config: ml_collections.ConfigDict, method: Method
   if group in config:
     for key, value in config[group].items():
       out[key] = value
+  for key, value in method.fixed.items():
+    out[key] = value
   return out
 
 
@@ -342,6 +387,72 @@ register(Method(
     defaults=dict(temperature=4.0, alpha=0.9), frozen=(TEACHER,),
     label='KD', description='Hinton KD: alpha * tau^2 * KL(teacher || '
     'student) + (1 - alpha) * CE (train_kd.py)'))
+
+# --- Attacks: student-side methods beyond plain KD (docs/attacks.md). ------
+
+
+def _ls_objective(f: ml_collections.ConfigDict) -> Objective:
+  epsilon, spread = float(f.epsilon), str(f.spread)
+
+  def objective(out: Outputs):
+    loss = losses.label_smoothing_cross_entropy(out.logits, out.labels,
+                                                epsilon, spread)
+    return loss, {'ce': losses.cross_entropy(out.logits, out.labels)}
+
+  return objective
+
+
+def _top_k_objective(f: ml_collections.ConfigDict) -> Objective:
+  k, temperature, alpha = int(f.k), float(f.temperature), float(f.alpha)
+
+  def objective(out: Outputs):
+    target = losses.top_k_logits(out.frozen[TEACHER], k)
+    return losses.kd_loss(out.logits, target, out.labels,
+                          temperature=temperature, alpha=alpha)
+
+  return objective
+
+
+def _skeptical_objective(f: ml_collections.ConfigDict) -> Objective:
+  loc, kd_delay = int(f.loc), int(f.kd_delay)
+  temperature, alpha = float(f.temperature), float(f.alpha)
+
+  def objective(out: Outputs):
+    if not isinstance(out.logits, (tuple, list)) or not (
+        0 <= loc < len(out.logits)):
+      raise ValueError(f'skeptical.loc={loc} needs a multi-head student '
+                       'with that head (heads are numbered final = 0).')
+    return losses.skeptical_loss(
+        tuple(out.logits), out.frozen[TEACHER], out.labels, loc=loc,
+        temperature=temperature, alpha=alpha, distil=out.epoch > kd_delay)
+
+  return objective
+
+
+register(Method(
+    'ls', STUDENT, _ls_objective,
+    defaults=dict(epsilon=0.1, spread='uniform'), label='LS student',
+    description='the student alone with label smoothing: the bar a KD '
+    'attack must beat for the teacher to count as distillable'))
+register(Method(
+    'hard_label', STUDENT, _top_k_objective,
+    defaults=dict(k=1, temperature=4.0, alpha=0.9), frozen=(TEACHER,),
+    label='hard-label KD', description='KD on the teacher\'s argmax only, '
+    'what a label-only API leaks (top-k KD with k = 1)'))
+register(Method(
+    'topk_api', STUDENT, _top_k_objective,
+    defaults=dict(k=2, temperature=4.0, alpha=0.9), frozen=(TEACHER,),
+    label='top-k KD', description='KD on the teacher\'s top-k logits, the '
+    'rest -inf before the temperature (a top-k API, renormalised)'))
+register(Method(
+    'skeptical', STUDENT, _skeptical_objective,
+    defaults=dict(loc=1, temperature=4.0, alpha=0.9, kd_delay=-1),
+    frozen=(TEACHER,), label='Skeptical student',
+    student_archs={'resnet18': 'resnet18_self',
+                   '_tiny_resnet': '_tiny_resnet18_self'},
+    description='a multi-exit student taking the teacher into an '
+    'auxiliary head and self-distilling its final head (Kundu et al. 2021)'))
+
 
 # The data-free attacks of the paper's section 4.4 (docs/data_free.md): one
 # stage per teacher, off unless `<group>.enabled`. Defaults: the CIFAR-10

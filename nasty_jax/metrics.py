@@ -95,6 +95,16 @@ class EvalMetrics(metrics.Collection):
   accuracy: metrics.Average.from_output('accuracy')
 
 
+@flax.struct.dataclass
+class MultiHeadEvalMetrics(metrics.Collection):
+  """EvalMetrics of a multi-head network's final head, plus the accuracy of
+  the argmax of the heads' mean logits (the Skeptical student's ensemble).
+  clu collects only a class's own fields, hence no subclassing."""
+  loss: metrics.Average.from_output('loss')
+  accuracy: metrics.Average.from_output('accuracy')
+  ensemble_accuracy: metrics.Average.from_output('ensemble_accuracy')
+
+
 def collect(collection_cls, axis_name: str | None, **outputs):
   """Builds a collection from step outputs; all-gathered under pmap."""
   if axis_name is None:

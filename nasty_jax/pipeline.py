@@ -19,7 +19,6 @@ and resumes when interrupted (`engine.py`). At the end `results.json` and
 """
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -28,6 +27,8 @@ import ml_collections
 from absl import logging
 
 from nasty_jax import engine
+from nasty_jax import fingerprint
+from nasty_jax import jsonio
 from nasty_jax import methods
 from nasty_jax import programs
 from nasty_jax import results as results_lib
@@ -128,11 +129,12 @@ def plan(config: ml_collections.ConfigDict, workdir: str
             f'{name!r} runs one stage per teacher: switch it on with '
             f'--config.{method.config_group}.enabled=true rather than in '
             'config.students.methods.')
+      trained = method.trained_arch(student)
       for teacher in (list(teachers) if method.reads_teacher else [None]):
         frozen, needs = reading(teacher) if teacher else ((), ())
         stage = method.stage_name(teacher, student)
         stages.append(PlannedStage(
-            programs.StageSpec(stage, name, student, frozen), own(stage),
+            programs.StageSpec(stage, name, trained, frozen), own(stage),
             needs, teacher=teacher, student_arch=student))
 
   for name in methods.names(methods.STUDENT):
@@ -191,6 +193,37 @@ def select(stages: list[PlannedStage], selectors: str) -> list[PlannedStage]:
   return [s for s in stages if s.spec.name in chosen]
 
 
+def expected_settings(config: ml_collections.ConfigDict,
+                      stages: list[PlannedStage]) -> dict[str, dict[str, Any]]:
+  """Every planned stage's settings, before anything runs.
+
+  A frozen network that an earlier planned stage produces has that stage's
+  expected fingerprint as its source (so a retrained teacher makes every
+  stage after it stale); one from elsewhere its checkpoint's identity.
+  """
+  out, produced = {}, {}
+  for stage in stages:
+    sources = {}
+    for frozen in stage.spec.frozen:
+      producer = produced.get(os.path.abspath(frozen.checkpoint))
+      sources[frozen.role] = (producer if producer is not None else
+                              fingerprint.checkpoint_identity(
+                                  frozen.checkpoint))
+    out[stage.spec.name] = engine.stage_settings(config, stage.spec, sources)
+    produced[os.path.abspath(stage.directory)] = fingerprint.of(
+        out[stage.spec.name])
+  return out
+
+
+def downstream(stages: list[PlannedStage], names: set[str]) -> set[str]:
+  """`names` and every stage that reads one of them, transitively."""
+  out = set(names)
+  for stage in stages:  # Plan order: producers come first.
+    if out.intersection(stage.needs):
+      out.add(stage.spec.name)
+  return out
+
+
 def _check_ready(stage: PlannedStage, by_name: dict[str, PlannedStage]
                  ) -> None:
   for need in stage.needs:
@@ -211,35 +244,71 @@ def _check_ready(stage: PlannedStage, by_name: dict[str, PlannedStage]
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs the selected stages, then writes results.json and results.md.
 
+  Before anything runs or is written, every selected stage's folder is
+  checked against the settings asked for (`engine.check_folder`): a folder
+  made with other settings stops the run with the keys that differ, unless
+  `config.retrain` names it (or a stage it reads). config.json is written
+  only then.
+
   Returns:
     The results dictionary written to `workdir/results.json`, or
     {'status': 'preempted', 'stage': ...}.
+
+  Raises:
+    engine.StaleStageError: a selected stage's folder has other settings.
   """
-  os.makedirs(workdir, exist_ok=True)
   stages = plan(config, workdir)
   by_name = {s.spec.name: s for s in stages}
   selected = select(stages, config.stages)
+  wanted = expected_settings(config, stages)
+  retrain = downstream(stages, {s.spec.name for s in select(
+      stages, config.retrain)} if config.retrain else set())
+  for stage in selected:
+    if stage.spec.name not in retrain:
+      engine.check_folder(stage.spec, stage.directory,
+                          wanted[stage.spec.name])
+  if jax.process_index() == 0:
+    write_config(config, workdir)
   for i, stage in enumerate(selected):
     _check_ready(stage, by_name)
     logging.info('=== Stage %d/%d: %s (%s, %s) -> %s', i + 1, len(selected),
                  stage.spec.name, stage.spec.method, stage.spec.arch,
                  stage.directory)
-    result = engine.run_stage(config, stage.spec, stage.directory)
+    sources = {r: s['source'] for r, s in
+               wanted[stage.spec.name]['frozen'].items()}
+    result = engine.run_stage(config, stage.spec, stage.directory,
+                              sources=sources,
+                              retrain=stage.spec.name in retrain)
     if result.get('status') == 'preempted':
       logging.warning('Pre-empted during %s; rerun the same command to '
                       'resume.', stage.spec.name)
       return {'status': 'preempted', 'stage': stage.spec.name}
-  stage_results = {s.spec.name: engine.read_result(s.directory)
-                   for s in stages}
+  stage_results, stale = {}, []
+  for s in stages:
+    recorded = _recorded(s.directory)
+    current = recorded == fingerprint.of(wanted[s.spec.name])
+    if recorded is not None and not current:
+      stale.append(s.spec.name)
+    stage_results[s.spec.name] = (engine.read_result(s.directory)
+                                  if current else None)
   # Every host computes the same results; one writes them (multi-host).
   writer = jax.process_index() == 0
   figure = (_write_deepinversion_comparison(stages, stage_results, workdir)
             if writer else None)
   results = results_lib.gather(config, stages, stage_results,
                                deepinversion_comparison=figure)
+  results['stale'] = sorted(stale)
   if writer:
     results_lib.write(results, workdir)
   return results
+
+
+def _recorded(stage_dir: str) -> str | None:
+  try:
+    recorded = fingerprint.read(stage_dir)
+  except jsonio.UnreadableFileError:
+    return None
+  return None if recorded is None else recorded.get('fingerprint')
 
 
 def _write_deepinversion_comparison(stages, stage_results, workdir
@@ -257,7 +326,6 @@ def _write_deepinversion_comparison(stages, stage_results, workdir
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Records the config a workdir was run with (config.json)."""
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    json.dump(config.to_dict(), f, indent=1, default=str)
+  """Records the config a workdir was last run with (config.json)."""
+  jsonio.write(os.path.join(workdir, 'config.json'), config.to_dict(),
+               default=str)

@@ -206,8 +206,11 @@ def evaluate(p_eval, variables, dataset, par: parallel_lib.Parallel,
   if total is None:
     raise ValueError('The eval split is empty.')
   values = jax.device_get(total.compute())
-  return {'accuracy': 100.0 * float(values['accuracy']),
-          'loss': float(values['loss'])}
+  out = {'accuracy': 100.0 * float(values['accuracy']),
+         'loss': float(values['loss'])}
+  if 'ensemble_accuracy' in values:
+    out['ensemble_accuracy'] = 100.0 * float(values['ensemble_accuracy'])
+  return out
 
 
 def eval_fn(model, par: parallel_lib.Parallel) -> Callable[..., Any]:
@@ -233,6 +236,12 @@ def init_key(seed: int) -> jax.Array:
   init of a whole network 5-10x slower (26 s vs 3 s for preresnet20).
   Steps use the threefry key(seed): fold_in(base, step + 1)."""
   return jax.random.key(seed, impl='rbg')
+
+
+def _final_head_apply(model) -> steps.FrozenApply:
+  """A frozen network's eval forward; a multi-head one's final head."""
+  return lambda variables, x: steps.final_head(
+      model.apply(variables, x, train=False))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,7 +272,7 @@ def load_frozen_networks(ctx: Context) -> Frozen:
     model, v = load_frozen(config, frozen.arch, frozen.checkpoint)
     nets[frozen.role] = model
     variables[frozen.role] = par.replicate(v)
-    applies[frozen.role] = functools.partial(model.apply, train=False)
+    applies[frozen.role] = _final_head_apply(model)
     acc = evaluate(eval_fn(model, par), variables[frozen.role], ctx.dataset,
                    par, config.max_eval_batches)['accuracy']
     logging.info('Stage %s: frozen %s %s (%s) test accuracy %.2f%%.',

@@ -12,12 +12,12 @@ lists the DAFL student of every teacher; Figure 6 is the DeepInversion
 image grids.
 """
 
-import json
 import os
 from typing import Any
 
 import ml_collections
 
+from nasty_jax import jsonio
 from nasty_jax import methods
 
 KINDS = ('best', 'last')
@@ -160,7 +160,7 @@ def table(results: dict[str, Any], kind: str,
       continue
     cells = [_cell(student(a, alone.stage_prefix), b)
              for a, b in zip(archs, baselines)]
-    lines.append(f'| Student, {alone.label or alone.name} | – | '
+    lines.append(f'| {alone.label or alone.name} | – | '
                  + ' | '.join(cells) + ' |')
   teachers = results['teachers']
   normal = _get(teachers.get('normal'), kind)
@@ -255,12 +255,16 @@ def markdown(results: dict[str, Any]) -> str:
         f' {r.get("devices")} {r.get("parallelism")} |')
   if results['incomplete']:
     parts += ['', 'Not finished: ' + ', '.join(results['incomplete'])]
+  if results.get('stale'):
+    parts += ['', 'Left out, made with other settings: '
+              + ', '.join(results['stale'])]
   return '\n'.join(parts) + '\n'
 
 
 def write(results: dict[str, Any], workdir: str) -> None:
-  """Writes workdir/results.json and workdir/results.md."""
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=1, default=str)
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+  """Writes workdir/results.json and workdir/results.md (atomically)."""
+  jsonio.write(os.path.join(workdir, 'results.json'), results, default=str)
+  path = os.path.join(workdir, 'results.md')
+  with open(path + '.tmp', 'w') as f:
     f.write(markdown(results))
+  os.replace(path + '.tmp', path)

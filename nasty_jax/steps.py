@@ -101,10 +101,20 @@ def train_step(state: state_lib.TrainState, frozen_vars: Mapping[str, Any],
 def eval_step(variables: Any, batch: dict[str, jax.Array], *,
               model: nn.Module, axis_name: str | None = None
               ) -> metrics_lib.EvalMetrics:
-  """Per-example CE and accuracy of `model` in eval mode, masked padding."""
-  logits = final_head(model.apply(variables, batch['image'], train=False))
+  """Per-example CE and accuracy of `model` in eval mode, masked padding.
+
+  A multi-head network is scored by its final head, and also by the argmax
+  of its heads' mean logits (`ensemble_accuracy`).
+  """
+  outputs = model.apply(variables, batch['image'], train=False)
+  logits = final_head(outputs)
   per_example = optax.softmax_cross_entropy_with_integer_labels(
       logits, batch['label'])
-  return metrics_lib.collect(
-      metrics_lib.EvalMetrics, axis_name, loss=per_example,
-      accuracy=_correct(logits, batch['label']), mask=batch['mask'])
+  values = dict(loss=per_example, accuracy=_correct(logits, batch['label']),
+                mask=batch['mask'])
+  collection = metrics_lib.EvalMetrics
+  if isinstance(outputs, (tuple, list)):
+    collection = metrics_lib.MultiHeadEvalMetrics
+    values['ensemble_accuracy'] = _correct(
+        jnp.mean(jnp.stack(outputs), axis=0), batch['label'])
+  return metrics_lib.collect(collection, axis_name, **values)

@@ -18,7 +18,7 @@ EXPECTED = (
     ['cifar10_table1', 'cifar10_table4', 'table5', 'cifar10_table6',
      'cifar100_table6', 'cifar100_teacher_self', 'tinyimagenet_teacher_self',
      'cifar10_fig3', 'cifar100_fig3', 'cifar10_fig4', 'cifar100_fig4',
-     'cifar10_fig5a', 'cifar10_fig5b', 'cifar10_table1_short',
+     'cifar10_fig5a', 'cifar10_fig5b', 'cifar10_table1_short', 'cifar10_cpu',
      'digits_table1', 'digits_fig3', 'digits_fig4', 'digits_fig5a',
      'digits_fig5b', 'digits_table6']
     + [f'cifar100_table2_{t}' for t in ('resnet18', 'resnet50', 'resnext29')]

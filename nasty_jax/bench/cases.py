@@ -29,7 +29,7 @@ class Case:
   """One benchmarked configuration of the train step.
 
   Attributes:
-    arch: trained architecture (`models.MODEL_NAMES`).
+    arch: trained architecture (`models.ARCHS`).
     mode: a registered objective method ('normal', 'nasty' against a
       frozen adversary, 'kd' against a frozen teacher, ...).
     batch_size: global batch size.
@@ -50,7 +50,7 @@ class Case:
   epoch_inputs: tuple[str, ...] = ()
 
   def __post_init__(self):
-    names = models.MODEL_NAMES + models.TINY_MODEL_NAMES
+    names = tuple(models.ARCHS)
     modes = tuple(n for n in methods.names()
                   if methods.get(n).objective is not None)
     for what, value, valid in (

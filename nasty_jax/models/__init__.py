@@ -22,6 +22,7 @@ from nasty_jax.models import preresnet
 from nasty_jax.models import resnet
 from nasty_jax.models import resnext
 from nasty_jax.models import shufflenetv2
+from nasty_jax.models import skeptical
 
 class Arch(NamedTuple):
   """What the rest of the code needs to know about an architecture.
@@ -29,21 +30,26 @@ class Arch(NamedTuple):
   Attributes:
     constructor: the linen Module class (or partial).
     options: `config.model` fields it takes beyond the common ones (the
-      reference's Net reads its width and dropout from params.json).
+      reference's Net reads its width and dropout from params.json; the
+      ResNets take a base width, 64 in the reference).
     optimizer: the reference's optimiser for it, 'sgd' or 'adam' (net and
       mlp train with Adam 1e-3, everything else with SGD).
+    reference: one of the PyTorch reference's architectures (converted both
+      ways, checked by the fixtures); False for the attacks' own models.
   """
   constructor: Callable[..., nn.Module]
   options: tuple[str, ...] = ()
   optimizer: str = 'sgd'
+  reference: bool = True
 
 
 _NET_OPTIONS = ('num_channels', 'dropout_rate')
+_WIDTH = ('width',)
 # pylint: disable=protected-access
 ARCHS: dict[str, Arch] = {
-    'resnet18': Arch(resnet.ResNet18),
-    'resnet34': Arch(resnet.ResNet34),
-    'resnet50': Arch(resnet.ResNet50),
+    'resnet18': Arch(resnet.ResNet18, _WIDTH),
+    'resnet34': Arch(resnet.ResNet34, _WIDTH),
+    'resnet50': Arch(resnet.ResNet50, _WIDTH),
     'preresnet20': Arch(preresnet.PreResNet20),
     'preresnet32': Arch(preresnet.PreResNet32),
     'resnext29': Arch(resnext.ResNeXt29),
@@ -51,6 +57,8 @@ ARCHS: dict[str, Arch] = {
     'shufflenetv2': Arch(shufflenetv2.ShuffleNetV2),
     'net': Arch(cnn.Net, _NET_OPTIONS, 'adam'),
     'mlp': Arch(cnn.MLP, (), 'adam'),
+    # The Skeptical student's multi-exit ResNet-18 (4 heads, final first).
+    'resnet18_self': Arch(skeptical.ResNet18Self, _WIDTH, reference=False),
     # Narrow, shallow variants for tests only.
     '_tiny_resnet': Arch(resnet._TinyResNet),
     '_tiny_preresnet': Arch(preresnet._TinyPreResNet),
@@ -59,11 +67,15 @@ ARCHS: dict[str, Arch] = {
     '_tiny_shufflenetv2': Arch(shufflenetv2._TinyShuffleNetV2),
     '_tiny_cnn': Arch(cnn._TinyCNN, _NET_OPTIONS, 'adam'),
     '_tiny_mlp': Arch(cnn._TinyMLP, (), 'adam'),
+    '_tiny_resnet18_self': Arch(skeptical._TinyResNet18Self,
+                                reference=False),
 }
 # pylint: enable=protected-access
 
 TINY_MODEL_NAMES = tuple(n for n in ARCHS if n.startswith('_tiny'))
-MODEL_NAMES = tuple(n for n in ARCHS if n not in TINY_MODEL_NAMES)
+# Every architecture a config may name, and the reference's among them.
+ARCH_NAMES = tuple(n for n in ARCHS if n not in TINY_MODEL_NAMES)
+MODEL_NAMES = tuple(n for n in ARCH_NAMES if ARCHS[n].reference)
 
 _COMMON_KWARGS = ('dtype', 'bn_momentum', 'bn_axis_name')
 
@@ -72,7 +84,7 @@ def get_arch(name: str) -> Arch:
   """The architecture `name`; raises listing the valid names."""
   if name not in ARCHS:
     raise ValueError(f'Unknown architecture {name!r}; valid names: '
-                     f'{", ".join(MODEL_NAMES)}.')
+                     f'{", ".join(ARCH_NAMES)}.')
   return ARCHS[name]
 
 
