@@ -84,7 +84,7 @@ def base_config(*, dataset: str, image_size: int, num_classes: int,
   # Students: every method of `methods` on every arch; a method that reads
   # a teacher trains once per teacher. '+'-separated in overrides.
   c.students = ml_collections.ConfigDict(dict(
-      archs='+'.join(student_archs), methods='ce+kd'))
+      archs='+'.join(student_archs), methods='ce+ls+kd'))
   for group, defaults in methods.config_groups().items():
     if group not in c:
       c[group] = defaults

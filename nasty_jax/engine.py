@@ -35,6 +35,10 @@ from nasty_jax import parallel as parallel_lib
 from nasty_jax import programs
 
 RESULT_FILE = 'result.json'
+# Exit codes of the commands (README): 0 = everything asked for finished.
+EXIT_BAD_INPUT = 2
+EXIT_NONFINITE = 3
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: run the same command again.
 # config.profile traces these steps (after the start, compiles excluded).
 PROFILE_DIR = 'profile'
 PROFILE_STEPS = (10, 15)

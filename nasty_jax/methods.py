@@ -232,24 +232,19 @@ def by_stage_prefix(prefix: str) -> Method | None:
 
 
 def variant(base: str, name: str, label: str, **fields: Any) -> Method:
-  """A registered copy of method `base` with other default fields.
+  """A registered copy of method `base` with some fields fixed.
 
   For sweeps in one run (the audit's KD temperatures, top-k sizes): the
-  copy has its own name, stage prefix and label, and its fields are the
-  base's defaults with `fields` changed (not read from the base's config
-  group). Registering the same variant again returns it.
+  copy has its own name, stage prefix and label, reads the base's config
+  group, and `fields` override it. Registering the same variant again
+  returns it.
   """
   method = get(base)
   if name in _REGISTRY:
     return _REGISTRY[name]
   return register(dataclasses.replace(
-      method, name=name, stage=name, label=label, group=name,
-      defaults={**fields_of(method), **fields}))
-
-
-def fields_of(method: Method) -> dict[str, Any]:
-  """A method's default fields (its `defaults`)."""
-  return dict(method.defaults)
+      method, name=name, stage=name, label=label,
+      group=method.config_group, fixed={**method.fixed, **fields}))
 
 
 def parse_list(text: str) -> list[str]:
@@ -452,6 +447,39 @@ register(Method(
                    '_tiny_resnet': '_tiny_resnet18_self'},
     description='a multi-exit student taking the teacher into an '
     'auxiliary head and self-distilling its final head (Kundu et al. 2021)'))
+
+
+def attack_set(num_classes: int) -> list[str]:
+  """The audit's default attacks, variants registered (docs/attacks.md).
+
+  KD at tau in {1, 4, 20} x alpha in {0.5, 0.9}, hard-label KD (= top-k
+  KD at k = 1, tested), top-k KD at k in {2, 5} (for 10 classes; 2% and 5%
+  of the classes, at least 2 and 5, otherwise), and the Skeptical student.
+  """
+  names = []
+  for temperature in (1, 4, 20):
+    for alpha in (0.5, 0.9):
+      names.append(variant(
+          'kd', f'kd_t{temperature}_a{alpha}',
+          f'KD τ={temperature} α={alpha}', temperature=float(temperature),
+          alpha=alpha).name)
+  names.append('hard_label')
+  for k in (2, 5):
+    k = k if num_classes <= 10 else max(k, k * num_classes // 100)
+    names.append(variant('topk_api', f'topk{k}', f'top-{k} KD', k=k).name)
+  names.append('skeptical')
+  return names
+
+
+def expand(names: list[str], num_classes: int) -> list[str]:
+  """Method names with 'attacks' replaced by `attack_set` (in order, once)."""
+  out = []
+  for name in names:
+    for expanded in (attack_set(num_classes) if name == 'attacks'
+                     else [name]):
+      if expanded not in out:
+        out.append(expanded)
+  return out
 
 
 # The data-free attacks of the paper's section 4.4 (docs/data_free.md): one

@@ -7,7 +7,7 @@ fields:
   trained on `config.teacher.arch` (or read from `<group>.checkpoint`). A
   teacher-side method's other frozen networks (nasty's adversary) default
   to the normal teacher, as train_nasty.py has it.
-* `config.students.methods` ('ce+kd') over `config.students.archs`: a
+* `config.students.methods` ('ce+ls+kd') over `config.students.archs`: a
   student method that reads a teacher trains once per teacher
   (`kd_normal/net`, `kd_nasty/net`), one that does not once (`baseline/net`).
 * data-free student methods switched on by `<group>.enabled` (DAFL,
@@ -49,8 +49,10 @@ def student_archs(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def student_methods(config: ml_collections.ConfigDict) -> list[str]:
-  """The student-side methods of `config.students.methods`, in order."""
-  return methods.parse_list(config.students.methods)
+  """The student-side methods of `config.students.methods`, in order
+  ('attacks' stands for the audit's default set, `methods.attack_set`)."""
+  return methods.expand(methods.parse_list(config.students.methods),
+                        config.dataset.num_classes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +126,13 @@ def plan(config: ml_collections.ConfigDict, workdir: str
   for student in student_archs(config):
     for name in student_methods(config):
       method = _method(name, methods.STUDENT, 'config.students.methods')
+      if (method.student_archs is not None
+          and student not in method.student_archs):
+        logging.warning('%s has a network of its own for students %s only; '
+                        'no %s stage for %s.', name,
+                        ', '.join(sorted(method.student_archs)), name,
+                        student)
+        continue
       if method.per_teacher_stage:
         raise ValueError(
             f'{name!r} runs one stage per teacher: switch it on with '
@@ -244,6 +253,40 @@ def _check_ready(stage: PlannedStage, by_name: dict[str, PlannedStage]
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs the selected stages, then writes results.json and results.md.
 
+  Returns:
+    The results dictionary written to `workdir/results.json`, or
+    {'status': 'preempted', 'stage': ...}.
+
+  Raises:
+    engine.StaleStageError: a selected stage's folder has other settings
+      (`execute`).
+  """
+  stages = plan(config, workdir)
+  stage_results = execute(config, workdir, stages,
+                          select(stages, config.stages))
+  if stage_results.get('status') == 'preempted':
+    return stage_results
+  stale = stage_results.pop(STALE)
+  # Every host computes the same results; one writes them (multi-host).
+  writer = jax.process_index() == 0
+  figure = (_write_deepinversion_comparison(stages, stage_results, workdir)
+            if writer else None)
+  results = results_lib.gather(config, stages, stage_results,
+                               deepinversion_comparison=figure)
+  results['stale'] = stale
+  if writer:
+    results_lib.write(results, workdir)
+  return results
+
+
+STALE = '__stale__'
+
+
+def execute(config: ml_collections.ConfigDict, workdir: str,
+            stages: list[PlannedStage], selected: list[PlannedStage]
+            ) -> dict[str, Any]:
+  """Runs `selected` (of `stages`, in plan order) and reads every result.
+
   Before anything runs or is written, every selected stage's folder is
   checked against the settings asked for (`engine.check_folder`): a folder
   made with other settings stops the run with the keys that differ, unless
@@ -251,15 +294,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   only then.
 
   Returns:
-    The results dictionary written to `workdir/results.json`, or
-    {'status': 'preempted', 'stage': ...}.
+    {stage name: result or None (unfinished or stale), STALE: the stale
+    stages' names}, or {'status': 'preempted', 'stage': name}.
 
   Raises:
     engine.StaleStageError: a selected stage's folder has other settings.
   """
-  stages = plan(config, workdir)
   by_name = {s.spec.name: s for s in stages}
-  selected = select(stages, config.stages)
   wanted = expected_settings(config, stages)
   retrain = downstream(stages, {s.spec.name for s in select(
       stages, config.retrain)} if config.retrain else set())
@@ -283,24 +324,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       logging.warning('Pre-empted during %s; rerun the same command to '
                       'resume.', stage.spec.name)
       return {'status': 'preempted', 'stage': stage.spec.name}
-  stage_results, stale = {}, []
+  out, stale = {}, []
   for s in stages:
     recorded = _recorded(s.directory)
     current = recorded == fingerprint.of(wanted[s.spec.name])
     if recorded is not None and not current:
       stale.append(s.spec.name)
-    stage_results[s.spec.name] = (engine.read_result(s.directory)
-                                  if current else None)
-  # Every host computes the same results; one writes them (multi-host).
-  writer = jax.process_index() == 0
-  figure = (_write_deepinversion_comparison(stages, stage_results, workdir)
-            if writer else None)
-  results = results_lib.gather(config, stages, stage_results,
-                               deepinversion_comparison=figure)
-  results['stale'] = sorted(stale)
-  if writer:
-    results_lib.write(results, workdir)
-  return results
+    out[s.spec.name] = engine.read_result(s.directory) if current else None
+  out[STALE] = sorted(stale)
+  return out
 
 
 def _recorded(stage_dir: str) -> str | None:

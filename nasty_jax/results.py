@@ -113,13 +113,20 @@ def gather(config: ml_collections.ConfigDict, stages: list[Any],
   }
 
 
-def _cell(value, reference=None) -> str:
+def cell(value, reference=None) -> str:
+  """A table cell: '91.23', with '(+0.45)' against `reference`; '–' if
+  there is no value."""
   if value is None:
     return '–'
   text = f'{value:.2f}'
   if reference is not None:
     text += f' ({value - reference:+.2f})'
   return text
+
+
+def signed(value) -> str:
+  """A change: '+0.45', '–' if there is none."""
+  return '–' if value is None else f'{value:+.2f}'
 
 
 def _get(entry, kind):
@@ -131,7 +138,8 @@ def _student_methods(results: dict[str, Any]) -> list[methods.Method]:
   methods.load_extensions(config.get('extensions'))
   names = methods.parse_list(config.get('students', {}).get('methods',
                                                             'ce+kd'))
-  return [methods.get(n) for n in names]
+  num_classes = config.get('dataset', {}).get('num_classes', 10)
+  return [methods.get(n) for n in methods.expand(names, num_classes)]
 
 
 def table(results: dict[str, Any], kind: str,
@@ -154,11 +162,11 @@ def table(results: dict[str, Any], kind: str,
 
   baselines = [student(a, methods.get('ce').stage_prefix) for a in archs]
   lines.append('| Student baseline | – | '
-               + ' | '.join(_cell(b) for b in baselines) + ' |')
+               + ' | '.join(cell(b) for b in baselines) + ' |')
   for alone in _student_methods(results):
     if alone.reads_teacher or alone.name == 'ce':
       continue
-    cells = [_cell(student(a, alone.stage_prefix), b)
+    cells = [cell(student(a, alone.stage_prefix), b)
              for a, b in zip(archs, baselines)]
     lines.append(f'| {alone.label or alone.name} | – | '
                  + ' | '.join(cells) + ' |')
@@ -166,10 +174,10 @@ def table(results: dict[str, Any], kind: str,
   normal = _get(teachers.get('normal'), kind)
   for name, entry in teachers.items():
     reference = None if name == 'normal' else normal
-    cells = [_cell(student(a, method.stage_name(name, a).split('/')[0]), b)
+    cells = [cell(student(a, method.stage_name(name, a).split('/')[0]), b)
              for a, b in zip(archs, baselines)]
     lines.append(f'| {arch_name} ({name}) | '
-                 f'{_cell(_get(entry, kind), reference)} | '
+                 f'{cell(_get(entry, kind), reference)} | '
                  + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
@@ -192,7 +200,7 @@ def data_free_table(results: dict[str, Any]) -> str:
   for role, row in rows.items():
     refs = (rows['normal'] if role != 'normal' and 'normal' in rows
             else [None] * len(row))
-    cells = ' | '.join(_cell(v, r) for v, r in zip(row, refs))
+    cells = ' | '.join(cell(v, r) for v, r in zip(row, refs))
     lines.append(f'| {results["teacher_arch"]} ({role}) | {cells} |')
   return '\n'.join(lines)
 
@@ -212,8 +220,8 @@ def _deepinversion_section(results: dict[str, Any]) -> list[str]:
       parts.append(f'| {role} | – | – | – |')
       continue
     parts.append(
-        f'| {role} | {_cell(entry.get("synthetic_teacher_accuracy"))} | '
-        f'{_cell(entry.get("best"))} | [{entry["grid"]}]({entry["grid"]}) |')
+        f'| {role} | {cell(entry.get("synthetic_teacher_accuracy"))} | '
+        f'{cell(entry.get("best"))} | [{entry["grid"]}]({entry["grid"]}) |')
   return parts + ['']
 
 
@@ -250,8 +258,8 @@ def markdown(results: dict[str, Any]) -> str:
     # A DeepInversion stage without KD trains nothing: no epochs, no img/s.
     epoch = f' ({r["best_epoch"]})' if r.get('best_epoch') else ''
     parts.append(
-        f'| {name} | {status} | {_cell(r.get("best"))}{epoch}'
-        f' | {_cell(r.get("last"))} | {r.get("images_per_second") or 0:.0f} |'
+        f'| {name} | {status} | {cell(r.get("best"))}{epoch}'
+        f' | {cell(r.get("last"))} | {r.get("images_per_second") or 0:.0f} |'
         f' {r.get("devices")} {r.get("parallelism")} |')
   if results['incomplete']:
     parts += ['', 'Not finished: ' + ', '.join(results['incomplete'])]
@@ -264,7 +272,11 @@ def markdown(results: dict[str, Any]) -> str:
 def write(results: dict[str, Any], workdir: str) -> None:
   """Writes workdir/results.json and workdir/results.md (atomically)."""
   jsonio.write(os.path.join(workdir, 'results.json'), results, default=str)
-  path = os.path.join(workdir, 'results.md')
+  write_text(os.path.join(workdir, 'results.md'), markdown(results))
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes a text file atomically (temp file + os.replace)."""
   with open(path + '.tmp', 'w') as f:
-    f.write(markdown(results))
+    f.write(text)
   os.replace(path + '.tmp', path)

@@ -50,8 +50,8 @@ def test_selectors_and_teacher_dependencies():
   assert by_name['dafl/normal'].spec.arch == '_tiny_cnn'
   # 'students' keeps meaning the KD students, not the data-free ones.
   chosen = [s.spec.name for s in pipeline.select(stages, 'students')]
-  assert chosen == ['baseline/_tiny_cnn', 'kd_normal/_tiny_cnn',
-                    'kd_nasty/_tiny_cnn']
+  assert chosen == ['baseline/_tiny_cnn', 'ls/_tiny_cnn',
+                    'kd_normal/_tiny_cnn', 'kd_nasty/_tiny_cnn']
   chosen = [s.spec.name for s in pipeline.select(stages, 'dafl,nasty')]
   assert chosen == ['nasty', 'dafl/normal', 'dafl/nasty']
 

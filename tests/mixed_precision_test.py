@@ -99,7 +99,7 @@ def test_bfloat16_step_computes_in_bf16_and_keeps_float32_state():
 def test_config_dtype_reaches_the_models():
   config = ml_collections.ConfigDict(dict(
       model=dict(dtype='bfloat16', bn_momentum=0.1, num_channels=8,
-                 dropout_rate=0.0),
+                 dropout_rate=0.0, width=64),
       dataset=dict(num_classes=10)))
   for arch in ('resnet18', 'net'):
     model = programs.create_model(config, arch, 'batch')

@@ -37,7 +37,7 @@ def test_pipeline_runs_every_stage_writes_tables_and_skips_when_done(
   results = pipeline.run(config, str(tmp_path))
   names = ['normal', 'nasty'] + [f'{role}/{arch}'
                                  for arch in ('_tiny_cnn', '_tiny_preresnet')
-                                 for role in ('baseline', 'kd_normal',
+                                 for role in ('baseline', 'ls', 'kd_normal',
                                               'kd_nasty')]
   assert sorted(results['stages']) == sorted(names)
   with open(tmp_path / 'results.json') as f:
@@ -48,7 +48,7 @@ def test_pipeline_runs_every_stage_writes_tables_and_skips_when_done(
   for teacher in ('normal', 'nasty'):
     assert set(on_disk['teachers'][teacher]) >= {'best', 'last'}
   for arch in ('_tiny_cnn', '_tiny_preresnet'):
-    for role in ('baseline', 'kd_normal', 'kd_nasty'):
+    for role in ('baseline', 'ls', 'kd_normal', 'kd_nasty'):
       entry = on_disk['students'][arch][role]
       assert 0 <= entry['best'] <= 100 and 0 <= entry['last'] <= 100
   markdown = (tmp_path / 'results.md').read_text()
