@@ -77,6 +77,9 @@ def base_config(*, dataset: str, image_size: int, num_classes: int,
   # The teacher-side methods (defenses) the pipeline trains, in order, on
   # teacher.arch; each one's students are trained and compared.
   c.teachers = 'normal+nasty'
+  # What the students see of every teacher: 'logits' (all of it), 'probs',
+  # 'topk:K' or 'label' (an API's output; nasty_jax/serving.py).
+  c.api = 'logits'
   # The normal teacher. `checkpoint` set = use that trained network (a stage
   # folder or a converted PyTorch checkpoint) instead of training one.
   c.teacher = ml_collections.ConfigDict(dict(

@@ -7,19 +7,20 @@
 Entries are data: runs (config file, argument, `--config.x=y` overrides, a
 folder) and the tables and figures drawn from their results.json files; no
 training code. Runs with the same name share one folder per seed, so e.g. Figure
-4 reuses Table 1's teachers. The paper's numbers sit in the cells; None where no
-stored copy of the paper could be read (reported as n/a): Table 6 comes from
-docs/data_free.md#the-papers-data-free-results, two CIFAR-100 teacher accuracies
-from the first author's reply in VITA-Group/Nasty-Teacher issue #13. The stored
-copies of the paper searched for Tables 1-5 (readkong.com page 6629087, SPIQA's
-2105.07381v1 LaTeX) gave only their opening text, so those tables' other numbers
-stay None.
+4 reuses Table 1's teachers. The paper's numbers sit in the cells (`paper`),
+taken from docs/paper.md, which holds every number the paper prints (Tables
+1-6); None (reported as n/a) where it prints none: Figures 3-5 show only
+curves, and the paper has no label-smoothing student, no attack but KD, no
+defense but the nasty teacher and no digits. Entries on other data or schedules
+(the CPU and digits entries) carry Table 1's CIFAR-10 numbers for the cells
+that have a counterpart there, as a reference, and say so in a note.
 
 CIFAR-10/100 read TFDS's prepared `cifar10` / `cifar100` and Tiny-ImageNet
 a prepared `tiny_imagenet` (`python -m nasty_jax.data.prepare NAME`, once,
 into the default TFDS data dir; add `--config.dataset.data_dir` overrides
-here to use another). `cifar10_table1_short` reads the real CIFAR-10 JPEGs
-unpacked to /tmp/cifar10_jpeg (see its note).
+here to use another). The CPU entries on CIFAR-10 (`cifar10_table1_short`,
+`cifar10_cpu`, `benchmark_cifar10_cpu`) read the real CIFAR-10 as JPEGs
+unpacked as an image folder (see `_CIFAR10_JPEG`).
 
 Ablations follow §4.3's setting as this registry assumes it: the CIFAR-10
 ResNet-18 teacher with the CNN and ResNetC-20 students, and, for ω and τ_S,
@@ -99,31 +100,40 @@ def self_stages(arch: str) -> str:
 
 
 def teacher_self_table(title: str, runs: dict[str, str],
-                       paper: dict[str, dict[str, float]]) -> Table:
-  """"Teacher Self": each teacher distilled into its own architecture."""
+                       paper: dict[str, dict[str, float]],
+                       note: str = '') -> Table:
+  """"Teacher Self": each teacher distilled into its own architecture.
+
+  `paper`: by teacher arch, the paper's numbers keyed as `student_table`'s
+  ('normal', 'baseline/<arch>', 'kd_nasty/<arch>', ...).
+  """
   rows = []
   for arch, run in runs.items():
     numbers = paper.get(arch, {})
-    normal = Cell(run, 'normal', numbers.get('normal'))
-    baseline = Cell(run, f'baseline/{arch}', numbers.get('baseline'))
+
+    def cell(key, versus=None, numbers=numbers, run=run):
+      return Cell(run, key, numbers.get(key), versus)
+
+    normal = cell('normal')
+    baseline = cell(f'baseline/{arch}')
     rows.append((_label(arch), (
-        normal, Cell(run, 'nasty', numbers.get('nasty'), normal), baseline,
-        Cell(run, f'kd_normal/{arch}', numbers.get('kd_normal'), baseline),
-        Cell(run, f'kd_nasty/{arch}', numbers.get('kd_nasty'), baseline))))
+        normal, cell('nasty', normal), baseline,
+        cell(f'kd_normal/{arch}', baseline),
+        cell(f'kd_nasty/{arch}', baseline))))
   return Table(title, ('Teacher (normal)', 'Teacher (nasty)',
                        'Student baseline', 'KD from normal',
-                       'KD from nasty'), tuple(rows))
+                       'KD from nasty'), tuple(rows), note)
 
 
 def pipeline_entry(name: str, title: str, config: str, teacher: str,
                    archs: tuple[str, ...], *, run_name: str,
-                   overrides: tuple = (), paper=None, note: str = ''
-                   ) -> Entry:
+                   overrides: tuple = (), paper=None, note: str = '',
+                   table_note: str = '') -> Entry:
   """One teacher's whole pipeline (a row group of Tables 1-3)."""
   run = Run(run_name, config, teacher, overrides)
   return Entry(name, title, (run,), (
-      student_table(title, run_name, run_name, teacher, archs, paper),),
-               note=note)
+      student_table(title, run_name, run_name, teacher, archs, paper,
+                    table_note),), note=note)
 
 
 # Sweeps (Figures 3-5). `kind` decides what the shared base run provides
@@ -244,8 +254,64 @@ def sweep_entry(name: str, title: str, *, kind: str, base: Run,
 
 # --- Tables 1-3: the main results. -----------------------------------------
 
-# The paper's numbers that could be read (see the module docstring).
-_PAPER_C100 = {'resnet18': {'normal': 77.44}, 'resnet50': {'normal': 78.12}}
+# The paper's numbers (docs/paper.md), keyed as the cells.
+
+
+def _paper(normal: float, nasty: float,
+           **archs: tuple[float | None, float, float]) -> dict[str, float]:
+  """One teacher's numbers: its normal and nasty accuracy, and per student
+  `arch=(alone, KD from normal, KD from nasty)` (None: not printed)."""
+  out = {'normal': normal, 'nasty': nasty}
+  for arch, numbers in archs.items():
+    for role, value in zip(('baseline', 'kd_normal', 'kd_nasty'), numbers):
+      if value is not None:
+        out[f'{role}/{arch}'] = value
+  return out
+
+
+# Table 1 (and Table 4's first rows).
+_PAPER_C10 = _paper(95.13, 94.56, net=(86.64, 87.75, 82.46),
+                    preresnet20=(92.28, 92.49, 88.01),
+                    preresnet32=(93.04, 93.31, 89.69),
+                    resnet18=(95.13, 95.39, 93.41))
+# Table 2. The Teacher Self column prints no student alone ('–'); the
+# ResNet-50 and ResNeXt-29 trained alone are Table 5's CIFAR-100 students.
+_PAPER_C100 = {
+    'resnet18': _paper(77.44, 77.42, shufflenetv2=(71.17, 74.24, 64.49),
+                       mobilenetv2=(69.12, 73.11, 3.45),
+                       resnet18=(77.44, 79.03, 74.81)),
+    'resnet50': _paper(78.12, 77.14, shufflenetv2=(71.17, 74.00, 63.16),
+                       mobilenetv2=(69.12, 72.81, 3.36),
+                       resnet18=(77.44, 79.65, 71.94),
+                       resnet50=(78.12, 80.02, 75.03)),
+    'resnext29': _paper(81.85, 80.26, shufflenetv2=(71.17, 74.50, 58.99),
+                        mobilenetv2=(69.12, 72.43, 1.55),
+                        resnet18=(77.44, 80.84, 68.52),
+                        resnext29=(81.85, 83.53, 75.08)),
+}
+# Table 3; no student alone for Teacher Self's ResNet-50 and ResNeXt-29.
+_PAPER_TINY = {
+    'resnet18': _paper(58.73, 57.77, shufflenetv2=(55.74, 58.09, 23.16),
+                       mobilenetv2=(51.72, 55.99, 1.82),
+                       resnet18=(58.73, 61.45, 44.73)),
+    'resnet50': _paper(62.01, 60.06, shufflenetv2=(55.74, 58.01, 41.84),
+                       mobilenetv2=(51.72, 54.18, 1.41),
+                       resnet18=(58.73, 62.01, 48.24),
+                       resnet50=(None, 63.91, 51.27)),
+    'resnext29': _paper(62.81, 60.21, shufflenetv2=(55.74, 57.87, 42.73),
+                        mobilenetv2=(51.72, 54.34, 1.09),
+                        resnet18=(58.73, 62.38, 54.53),
+                        resnext29=(None, 64.22, 59.54)),
+}
+_PAPER = {'cifar100': _PAPER_C100, 'tinyimagenet': _PAPER_TINY}
+# Table 1's CNN column and teachers, for the entries on other data or
+# schedules (the CPU and digits entries), with _TABLE1_NOTE.
+_PAPER_C10_CNN = {k: v for k, v in _PAPER_C10.items()
+                  if k in ('normal', 'nasty') or k.endswith('/net')}
+_TABLE1_NOTE = ('"paper": Table 1\'s numbers, i.e. the paper\'s CIFAR-10 '
+                'ResNet-18 setting (ResNet-18 teachers for 160 epochs, the '
+                'CNN student for 100), not this one: a reference, not a '
+                'target.')
 
 _C10_STUDENTS = ('net', 'preresnet20', 'preresnet32', 'resnet18')
 _HUB_STUDENTS = {
@@ -262,15 +328,16 @@ _FULL_SCHEDULE = ('The reference schedule of the config file '
 ENTRIES = [
     pipeline_entry('cifar10_table1', 'Table 1: CIFAR-10, ResNet-18 teacher',
                    C10, 'resnet18', _C10_STUDENTS, run_name='cifar10/resnet18',
-                   note=_FULL_SCHEDULE + ' ω = 0.04 as the reference code '
-                   '(the paper text says 0.004; docs/reference.md, "Where '
-                   'the paper and the code differ").'),
+                   paper=_PAPER_C10, note=_FULL_SCHEDULE + ' ω = 0.04 as the '
+                   'reference code (the paper text says 0.004; '
+                   'docs/reference.md, "Where the paper and the code '
+                   'differ").'),
 ]
 for _t in _TEACHERS:
   ENTRIES.append(pipeline_entry(
       f'cifar100_table2_{_t}', f'Table 2: CIFAR-100, {_label(_t)} teacher',
       C100, _t, _HUB_STUDENTS[_t], run_name=f'cifar100/{_t}',
-      paper=_PAPER_C100.get(_t), note=_FULL_SCHEDULE + (
+      paper=_PAPER_C100[_t], note=_FULL_SCHEDULE + (
           ' The reference nasty ResNet-50 goes NaN (its issue #17); the '
           'stage then stops and reports its last good epoch.'
           if _t == 'resnet50' else '')))
@@ -278,7 +345,8 @@ for _t in _TEACHERS:
   ENTRIES.append(pipeline_entry(
       f'tinyimagenet_table3_{_t}',
       f'Table 3: Tiny-ImageNet, {_label(_t)} teacher', TINY, _t,
-      _HUB_STUDENTS[_t], run_name=f'tinyimagenet/{_t}', note=_FULL_SCHEDULE))
+      _HUB_STUDENTS[_t], run_name=f'tinyimagenet/{_t}',
+      paper=_PAPER_TINY[_t], note=_FULL_SCHEDULE))
 
 for _dataset, _config, _title in (('cifar100', C100, 'CIFAR-100'),
                                   ('tinyimagenet', TINY, 'Tiny-ImageNet')):
@@ -289,11 +357,25 @@ for _dataset, _config, _title in (('cifar100', C100, 'CIFAR-100'),
       'architecture',
       tuple(Run(r, _config, t, stages=self_stages(t))
             for t, r in _runs.items()),
-      (teacher_self_table(f'Teacher Self, {_title}', _runs,
-                          _PAPER_C100 if _dataset == 'cifar100' else {}),),
+      (teacher_self_table(
+          f'Teacher Self, {_title}', _runs, _PAPER[_dataset],
+          '"paper": the Teacher Self column of Table '
+          f'{2 if _dataset == "cifar100" else 3}, which prints no student '
+          'alone; ' + ('those are its ResNet-18 column\'s and Table 5\'s '
+                       'ResNet-50 and ResNeXt-29.' if _dataset == 'cifar100'
+                       else 'only the ResNet-18 one is printed (its '
+                       'ResNet-18 column).')),),
       note=_FULL_SCHEDULE + ' Shares its runs with Table 2/3.'))
 
 # --- Table 4: the adversarial network. -------------------------------------
+
+
+# Table 4's nasty rows by adversary: the teacher, then the CNN, ResNetC-20,
+# ResNetC-32 and ResNet-18 students by KD (the student alone and the normal
+# teacher's rows are Table 1's).
+_PAPER_TABLE4 = {'resnet18': (94.56, 82.46, 88.01, 89.69, 93.41),
+                 'net': (93.82, 77.12, 88.32, 90.40, 94.05),
+                 'resnext29': (94.55, 82.75, 88.17, 89.48, 93.75)}
 
 
 def _adversary_entry() -> Entry:
@@ -310,18 +392,20 @@ def _adversary_entry() -> Entry:
         (('teacher.checkpoint', StageRef(base, 'normal')),
          ('nasty.adversary_arch', arch), ('nasty.adversary_checkpoint', ref)),
         'nasty,kd_nasty'))
-  normal = Cell(base, 'normal')
-  baselines = [Cell(base, f'baseline/{a}') for a in _C10_STUDENTS]
+  normal = Cell(base, 'normal', _PAPER_C10['normal'])
+  baselines = [Cell(base, f'baseline/{a}', _PAPER_C10[f'baseline/{a}'])
+               for a in _C10_STUDENTS]
   rows = [('Student baseline', (None, *baselines)),
           ('ResNet-18 (normal)', (normal, *[
-              Cell(base, f'kd_normal/{a}', versus=b)
+              Cell(base, f'kd_normal/{a}', _PAPER_C10[f'kd_normal/{a}'], b)
               for a, b in zip(_C10_STUDENTS, baselines)]))]
   for arch, run in (('resnet18', base), ('net', f'{base}_adv-net'),
                     ('resnext29', f'{base}_adv-resnext29')):
+    teacher, *students = _PAPER_TABLE4[arch]
     rows.append((f'ResNet-18 (nasty), adversary {_label(arch)}', (
-        Cell(run, 'nasty', versus=normal), *[
-            Cell(run, f'kd_nasty/{a}', versus=b)
-            for a, b in zip(_C10_STUDENTS, baselines)])))
+        Cell(run, 'nasty', teacher, normal), *[
+            Cell(run, f'kd_nasty/{a}', number, b)
+            for a, number, b in zip(_C10_STUDENTS, students, baselines)])))
   title = 'Table 4: the adversarial network (CIFAR-10, ResNet-18 teacher)'
   return Entry(
       'cifar10_table4', title, tuple(runs),
@@ -337,6 +421,15 @@ ENTRIES.append(_adversary_entry())
 # --- Table 5: students larger than the teacher. ----------------------------
 
 
+# Table 5's students; the teachers' accuracies are Tables 1 and 2's.
+_PAPER_TABLE5 = {
+    'cifar10': _paper(95.13, 94.56, resnet50=(94.98, 94.45, 93.13),
+                      resnext29=(95.60, 95.92, 92.20)),
+    'cifar100': _paper(77.44, 77.42, resnet50=(78.12, 79.94, 74.28),
+                       resnext29=(81.85, 82.14, 78.88)),
+}
+
+
 def _large_students_entry() -> Entry:
   runs, tables = [], []
   for dataset, config, title in (('cifar10', C10, 'CIFAR-10'),
@@ -350,10 +443,13 @@ def _large_students_entry() -> Entry:
                  ('nasty.checkpoint', StageRef(base, 'nasty')),
                  ('students.archs', '+'.join(archs))), 'students')]
     tables.append(student_table(f'{title}: ResNet-18 teacher', base,
-                                students, 'resnet18', archs))
+                                students, 'resnet18', archs,
+                                _PAPER_TABLE5[dataset]))
   return Entry('table5', 'Table 5: students larger than the teacher '
                '(reversed KD)', tuple(runs), tuple(tables),
-               note=_FULL_SCHEDULE + ' Teachers shared with Tables 1 and 2.')
+               note=_FULL_SCHEDULE + ' Teachers shared with Tables 1 and 2 '
+               '(their paper numbers too: Table 5 prints the students '
+               'only).')
 
 
 ENTRIES.append(_large_students_entry())
@@ -416,10 +512,14 @@ def ablation_entries(dataset: str, label: str, base: Run,
   out = []
   for fig, (values, base_value) in sweeps.items():
     title, kwargs = _FIG_SWEEPS[fig]
+    figure = title.split(':')[0]
     out.append(sweep_entry(
         f'{dataset}_{fig}', f'{title} ({label})', base=base, archs=archs,
         values=values, base_value=base_value,
-        note=note + (_SUBSET_NOTE if fig == 'fig5b' else ''), **kwargs))
+        note=note + (_SUBSET_NOTE if fig == 'fig5b' else '') + (
+            f' The paper prints no numbers for {figure}, only its curves '
+            '(docs/paper.md#figures-3-6), so the paper column is n/a.'),
+        **kwargs))
   return out
 
 
@@ -452,7 +552,8 @@ ENTRIES.append(pipeline_entry(
     'cifar10_table1_short', 'Table 1, shortened: real CIFAR-10 on a 2-core '
     'CPU', C10, 'preresnet20', ('net',),
     run_name='cifar10_short/preresnet20',
-    overrides=_CIFAR10_JPEG + _CPU_SCHEDULE,
+    overrides=_CIFAR10_JPEG + _CPU_SCHEDULE, paper=_PAPER_C10_CNN,
+    table_note=_TABLE1_NOTE,
     note='A schedule cut to fit a 2-core CPU, not the paper\'s: a ResNetC-20 '
     '(preresnet20) teacher instead of ResNet-18, the CNN student only (a '
     'ResNetC-20 student stage takes ~20 minutes here), half of the training '
@@ -460,7 +561,8 @@ ENTRIES.append(pipeline_entry(
     '4 epochs per stage: SGD 0.1 x0.1 before epochs 3 and 4 (160 epochs\' '
     '80/120 scaled), CNN with Adam 1e-3; batch 128, τ_A = τ_S = 4, '
     'ω = 0.04, α = 0.9; evaluated on the whole 10,000-image test set. '
-    'Data: the real CIFAR-10 as an image folder (see _CIFAR10_JPEG).'))
+    'Data: the real CIFAR-10 as JPEGs unpacked as an image folder '
+    '(`<dir>/{train,test}/<class>/*.jpg`, given as `dataset.manual_dir`).'))
 
 # Table 1's shape on the real CIFAR-10, within ~2.5 hours of a quiet 2-core
 # CPU: a normal and a nasty ResNetC-20 (seed 0) on all 50,000 training
@@ -468,9 +570,9 @@ ENTRIES.append(pipeline_entry(
 # from each teacher, for student seeds 0, 1, 2 over the same two teachers.
 _CPU_TEACHERS = 'cifar10_cpu/teachers'
 _CPU_STUDENTS = 'cifar10_cpu/students'
-_CPU_SHORT = (('optim.sgd.num_epochs', '20'), ('optim.sgd.schedule', 'cosine'),
+_CPU_SHORT = (('optim.sgd.num_epochs', '10'), ('optim.sgd.schedule', 'cosine'),
               ('optim.sgd.warmup_epochs', '1'),
-              ('optim.adam.num_epochs', '6'),
+              ('optim.adam.num_epochs', '4'),
               ('optim.adam.schedule', 'cosine'))
 ENTRIES.append(Entry(
     'cifar10_cpu', 'Table 1 on the real CIFAR-10, on a 2-core CPU',
@@ -484,15 +586,12 @@ ENTRIES.append(Entry(
     (student_table(
         'Table 1 shape, real CIFAR-10 (ResNetC-20 teachers, CNN student)',
         _CPU_TEACHERS, _CPU_STUDENTS, 'preresnet20', ('net',),
-        paper={'normal': 95.13, 'nasty': 94.56, 'baseline/net': 86.64,
-               'kd_normal/net': 87.75, 'kd_nasty/net': 82.46},
-        note='"paper": Table 1\'s CNN column, whose teachers are ResNet-18 '
-        'trained for 160 epochs (CNN 100), not these ResNetC-20 ones.',
-        ls=True),),
+        paper=_PAPER_C10_CNN, note=_TABLE1_NOTE + ' The paper has no '
+        'label-smoothing student.', ls=True),),
     note='A short schedule, a documented deviation: teachers ResNetC-20 '
-    '(preresnet20) for 20 epochs of SGD 0.1 (momentum 0.9, wd 5e-4) with a '
+    '(preresnet20) for 10 epochs of SGD 0.1 (momentum 0.9, wd 5e-4) with a '
     '1-epoch warm-up and a per-step cosine decay, students the 32-channel '
-    'CNN for 6 epochs of Adam 1e-3 with cosine decay; batch 128, τ_A = '
+    'CNN for 4 epochs of Adam 1e-3 with cosine decay; batch 128, τ_A = '
     'τ_S = 4, ω = 0.04, α = 0.9, LS ε = 0.1; all 50,000 training images, '
     'the whole test set; teachers seed 0, students seeds as given.'))
 
@@ -512,6 +611,10 @@ def _around(base: float, candidates) -> tuple[float, ...]:
 ENTRIES.append(pipeline_entry(
     'digits_table1', 'Table 1 on the embedded digits', DIGITS,
     _DIGITS.teacher.arch, _DIGITS_STUDENTS, run_name=_DIGITS_BASE.name,
+    paper={k: v for k, v in _PAPER_C10.items() if k in ('normal', 'nasty')
+           or k.split('/')[-1] in _DIGITS_STUDENTS},
+    table_note=_TABLE1_NOTE + ' The paper has no digits: its numbers stand '
+    'beside the cells of the same role and student architecture.',
     note='configs/digits.py\'s schedule.'))
 ENTRIES += ablation_entries(
     'digits', 'digits', _DIGITS_BASE, _DIGITS_STUDENTS,
@@ -548,8 +651,155 @@ ENTRIES.append(Entry(
             (f'{_label(_DIGITS.teacher.arch)} (nasty)',
              (Cell(_DIGITS_BASE.name, 'nasty', None, _digits_normal),
               Cell(_DIGITS_DATAFREE, 'dafl/nasty', None,
-                   _digits_dafl_normal))))),),
+                   _digits_dafl_normal)))),
+           'The paper\'s Table 6 distils ResNet-34 teachers into a '
+           'ResNet-18 DAFL student on CIFAR; no cell here has that '
+           'student, so the paper column is n/a.'),),
     note='configs/digits.py\'s data-free block (see its docstring) with '
     'the 32-channel CNN as DAFL student; the teachers are '
     'digits_table1\'s. Figure 6: deepinversion/'
     'normal_vs_nasty.png in each seed\'s digits/datafree folder.'))
+
+# --- Defense x attack benchmarks and audits (docs/defenses.md). ------------
+
+_DEFENSES = ('normal', 'nasty', 'stingy', 'reverse', 'cmim')
+_DEFENSE_LABELS = {'normal': 'normal (no defense)', 'nasty': 'nasty',
+                   'stingy': 'Stingy', 'reverse': 'reverse ranking',
+                   'cmim': 'CMIM'}
+
+
+def defense_matrix(title: str, defenses: tuple[str, ...],
+                   teacher_cells: dict[str, Cell],
+                   attacks: tuple[tuple[str, str, str, str], ...],
+                   note: str = '', paper: dict[str, float] | None = None
+                   ) -> Table:
+  """Rows = defenses, columns = the teacher's own accuracy then attacks.
+
+  Args:
+    title: the table's heading.
+    defenses: teacher-side methods, 'normal' first.
+    teacher_cells: each defense's own accuracy cell.
+    attacks: (column label, run, stage prefix, student arch) per attack;
+      the cell is `<prefix>_<defense>/<arch>` against `ls/<arch>` of the
+      same run.
+    note: printed under the heading.
+    paper: the paper's numbers by cell key ('nasty', 'kd_nasty/net', ...).
+  """
+  paper = paper or {}
+  normal = teacher_cells['normal']
+  normal = Cell(normal.run, normal.key, paper.get(normal.key, normal.paper))
+  rows = []
+  for defense in defenses:
+    own = teacher_cells[defense]
+    own = normal if defense == 'normal' else Cell(
+        own.run, own.key, paper.get(own.key, own.paper), normal)
+    cells = [own]
+    for _, run, prefix, arch in attacks:
+      key = f'{prefix}_{defense}/{arch}'
+      cells.append(Cell(run, key, paper.get(key), Cell(run, f'ls/{arch}')))
+    rows.append((_DEFENSE_LABELS.get(defense, defense), tuple(cells)))
+  return Table(title, ('Teacher',) + tuple(a[0] for a in attacks),
+               tuple(rows), note, verdict=True)
+
+
+# Digits: the teachers of digits_table1, CMIM trained beside them; the
+# 8-channel CNN against every attack but the Skeptical student, which needs
+# its multi-exit ResNet-18 (here 8 channels wide) and so its own students.
+_BENCH = 'digits/bench'
+_BENCH_R18 = 'digits/bench_resnet18'
+_BENCH_TEACHERS = '+'.join(_DEFENSES)
+_BENCH_REFS = (('teacher.checkpoint', StageRef(_DIGITS_BASE.name, 'normal')),
+               ('nasty.checkpoint', StageRef(_DIGITS_BASE.name, 'nasty')),
+               ('teachers', _BENCH_TEACHERS))
+_BENCH_RUNS = (
+    _DIGITS_BASE,
+    Run(_BENCH, DIGITS, _DIGITS.teacher.arch, _BENCH_REFS + (
+        ('students.methods', 'ce+ls+kd_t1_a0.5+kd_t1_a0.9+kd_t4_a0.5+'
+         'kd_t4_a0.9+kd_t20_a0.5+kd_t20_a0.9+hard_label+topk2+topk5'),)),
+    Run(_BENCH_R18, DIGITS, _DIGITS.teacher.arch, _BENCH_REFS + (
+        ('cmim.checkpoint', StageRef(_BENCH, 'cmim')),
+        ('students.archs', 'resnet18'), ('model.width', '8'),
+        ('students.methods', 'ce+ls+skeptical')), 'students'))
+_DIGITS_ATTACKS = tuple(
+    (f'KD τ={t} α={a}', _BENCH, f'kd_t{t}_a{a}', 'net')
+    for t in (1, 4, 20) for a in (0.5, 0.9)) + (
+        ('hard-label', _BENCH, 'hard_label', 'net'),
+        ('top-2', _BENCH, 'topk2', 'net'), ('top-5', _BENCH, 'topk5', 'net'),
+        ('Skeptical (ResNet-18/8)', _BENCH_R18, 'skeptical', 'resnet18'))
+_DIGITS_TEACHER_CELLS = {
+    'normal': Cell(_DIGITS_BASE.name, 'normal'),
+    'nasty': Cell(_DIGITS_BASE.name, 'nasty'),
+    'stingy': Cell(_BENCH, 'stingy'), 'reverse': Cell(_BENCH, 'reverse'),
+    'cmim': Cell(_BENCH, 'cmim')}
+_BENCH_NOTE = (
+    'configs/digits.py\'s schedule for every stage. Cells: the knockoff '
+    'student\'s test accuracy (best epoch) and, in parentheses, its change '
+    'against the LS student (ε = 0.1) of the same architecture: > 0 means '
+    'the attack beats the bar, the teacher is distillable by it. Students: '
+    'the 8-channel CNN; the Skeptical student a multi-exit ResNet-18 of '
+    'base width 8 (against a ResNet-18/8 LS student). Stingy keeps the top '
+    '2 logits (ratio 0.2), reverse reverses the non-argmax ranking, both '
+    'over the normal teacher; CMIM λ = 1 over τ ∈ {1, 2, 4, 8}, in-batch '
+    'centroids (reconstructions, docs/defenses.md).')
+# Table 1's teachers and KD into the CNN at its τ_S = 4, α = 0.9.
+_PAPER_KD = {'normal': _PAPER_C10['normal'], 'nasty': _PAPER_C10['nasty'],
+             'kd_t4_a0.9_normal/net': _PAPER_C10['kd_normal/net'],
+             'kd_t4_a0.9_nasty/net': _PAPER_C10['kd_nasty/net']}
+_PAPER_KD_NOTE = (_TABLE1_NOTE + ' The paper has no digits: only the '
+                  'teachers and KD at its τ_S = 4, α = 0.9 into the CNN '
+                  'have a counterpart (no other attack or defense).')
+ENTRIES.append(Entry(
+    'benchmark_digits', 'Defenses x attacks on the embedded digits',
+    _BENCH_RUNS,
+    (defense_matrix('Defense x attack (digits)', _DEFENSES,
+                    _DIGITS_TEACHER_CELLS, _DIGITS_ATTACKS, _PAPER_KD_NOTE,
+                    _PAPER_KD),
+     Table('The bars: students alone (digits)', ('CE', 'LS'), (
+         ('CNN (8 channels)', (
+             Cell(_BENCH, 'baseline/net', _PAPER_C10['baseline/net']),
+             Cell(_BENCH, 'ls/net'))),
+         ('ResNet-18 (width 8)', (
+             Cell(_BENCH_R18, 'baseline/resnet18',
+                  _PAPER_C10['baseline/resnet18']),
+             Cell(_BENCH_R18, 'ls/resnet18')))),
+           _TABLE1_NOTE + ' The paper has no digits: its CNN and ResNet-18 '
+           '(full width) trained alone stand beside the CE students; it has '
+           'no LS student.')),
+    note=_BENCH_NOTE))
+ENTRIES.append(Entry(
+    'digits_audit', 'Audit of the digits normal and nasty teachers',
+    _BENCH_RUNS,
+    (defense_matrix('Audit (digits): every attack against the LS student',
+                    ('normal', 'nasty'), _DIGITS_TEACHER_CELLS,
+                    _DIGITS_ATTACKS, _PAPER_KD_NOTE, _PAPER_KD),),
+    note=_BENCH_NOTE + ' The normal and nasty rows of benchmark_digits.'))
+
+# CIFAR-10 on the CPU: cifar10_cpu's teachers and KD students (seed 0), and
+# a subset of attacks that fits: hard-label KD beside KD, over the served
+# defenses too (CMIM would need a third 20-epoch teacher: left out).
+_CPU_BENCH = 'cifar10_cpu/bench'
+_CPU_DEFENSES = ('normal', 'nasty', 'stingy', 'reverse')
+ENTRIES.append(Entry(
+    'benchmark_cifar10_cpu',
+    'Defenses x attacks on the real CIFAR-10, on a 2-core CPU (a subset)',
+    (Run(_CPU_TEACHERS, C10, 'preresnet20', _CIFAR10_JPEG + _CPU_SHORT,
+         'normal,nasty', seed=0),
+     Run(_CPU_BENCH, C10, 'preresnet20', _CIFAR10_JPEG + _CPU_SHORT + (
+         ('teacher.checkpoint', StageRef(_CPU_TEACHERS, 'normal', seed=0)),
+         ('nasty.checkpoint', StageRef(_CPU_TEACHERS, 'nasty', seed=0)),
+         ('teachers', '+'.join(_CPU_DEFENSES)), ('students.archs', 'net'),
+         ('students.methods', 'ce+ls+kd+hard_label')), 'students')),
+    (defense_matrix(
+        'Defense x attack (CIFAR-10, ResNetC-20 teachers, CNN students)',
+        _CPU_DEFENSES,
+        {'normal': Cell(_CPU_TEACHERS, 'normal'),
+         'nasty': Cell(_CPU_TEACHERS, 'nasty'),
+         'stingy': Cell(_CPU_BENCH, 'stingy'),
+         'reverse': Cell(_CPU_BENCH, 'reverse')},
+        (('KD τ=4 α=0.9', _CPU_BENCH, 'kd', 'net'),
+         ('hard-label', _CPU_BENCH, 'hard_label', 'net')),
+        _TABLE1_NOTE + ' Only the teachers and KD have a counterpart (no '
+        'other attack or defense).', _PAPER_C10_CNN),),
+    note='cifar10_cpu\'s schedule and teachers; students seeds as given. '
+    'A subset of the audit\'s attacks (KD at the paper\'s τ and α, and '
+    'hard-label KD) and of the defenses (no CMIM teacher).'))

@@ -24,10 +24,10 @@ set, and `--data_free` adds DAFL and DeepInversion + KD.
 from nasty_jax import runtime  # Before jax starts: it sets XLA_FLAGS.
 
 runtime.set_cpu_flags()
+runtime.quiet_tensorflow()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import os
-import sys
 from typing import Any, Sequence
 
 import jax
@@ -35,15 +35,16 @@ import ml_collections
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from nasty_jax import checkpointing
+from nasty_jax import cli
 from nasty_jax import engine
 from nasty_jax import jsonio
 from nasty_jax import methods
 from nasty_jax import pipeline
 from nasty_jax import programs
 from nasty_jax import results as results_lib
+from nasty_jax import serving
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 AUDIT_JSON = 'audit.json'
@@ -81,16 +82,18 @@ def teacher_arch(config: ml_collections.ConfigDict, checkpoint: str) -> str:
 
 
 def plan(config: ml_collections.ConfigDict, teacher: str, arch: str,
-         workdir: str, attacks: Sequence[str], students: Sequence[str]
+         workdir: str, attacks: Sequence[str], students: Sequence[str],
+         api: str = ''
          ) -> tuple[list[pipeline.PlannedStage], list[tuple[str, str]]]:
   """The audit's stages, and the (attack, student) pairs that do not apply.
 
   Per student: `baseline/<arch>`, `ls/<arch>`, then `<attack>/<arch>` for
   every attack that has a network for that student; data-free attacks
-  (own student architecture) `<attack>/audited`.
+  (own student architecture) `<attack>/audited`. `api` is the serving
+  transform every attack sees the teacher through (`serving.resolve`).
   """
   frozen = (programs.FrozenSpec(methods.TEACHER, arch,
-                                os.path.abspath(teacher)),)
+                                os.path.abspath(teacher), api),)
   stages, skipped = [], []
 
   def add(method, name, student, trained, reads):
@@ -116,7 +119,10 @@ def plan(config: ml_collections.ConfigDict, teacher: str, arch: str,
           method.trained_arch(student), True)
   for name in attacks:
     method = methods.get(name)
-    if method.per_teacher_stage:
+    if method.per_teacher_stage and api:
+      # The generator and the inversion need the teacher's internals.
+      skipped.append((name, 'served'))
+    elif method.per_teacher_stage:
       fields = methods.fields(config, method)
       add(method, f'{method.stage_prefix}/{TEACHER}', fields.student_arch,
           fields.student_arch, True)
@@ -212,6 +218,8 @@ def markdown(audit: dict[str, Any]) -> str:
   teacher = audit['teacher']
   parts = [f'# Audit of {teacher["checkpoint"]} ({teacher["arch"]}, '
            f'{audit["dataset"]}, seed {audit["seed"]})', '',
+           f'The attacks see the teacher\'s {teacher.get("api", "logits")}.',
+           '',
            f'Teacher test accuracy: '
            f'{results_lib.cell(teacher["test_accuracy"])}. A teacher is '
            'distillable when an attack\'s student beats the LS student '
@@ -250,7 +258,7 @@ def markdown(audit: dict[str, Any]) -> str:
 
 def run(config: ml_collections.ConfigDict, teacher: str, workdir: str, *,
         attacks: str = 'attacks', students: str | None = None,
-        data_free: bool = False) -> dict[str, Any]:
+        data_free: bool = False, api: str = 'logits') -> dict[str, Any]:
   """Plans, runs (resuming, skipping) and writes the audit.
 
   Returns:
@@ -266,23 +274,30 @@ def run(config: ml_collections.ConfigDict, teacher: str, workdir: str, *,
   if data_free:
     names += [n for n in DATA_FREE if n not in names]
   archs = methods.parse_list(students or config.students.archs)
-  stages, skipped = plan(config, teacher, arch, workdir, names, archs)
+  served = '' if api in ('', 'logits') else api
+  serving.resolve(served, config)  # Raises on an unknown transform.
+  stages, skipped = plan(config, teacher, arch, workdir, names, archs,
+                         served)
   stage_results = pipeline.execute(config, workdir, stages, stages)
   if stage_results.get('status') == 'preempted':
     return stage_results
   audit = gather(config, teacher, arch, stages, stage_results, skipped)
+  audit['teacher']['api'] = api
+  audit['nonfinite'] = sorted(
+      name for name, r in stage_results.items()
+      if isinstance(r, dict) and r.get('status') == 'nonfinite')
   if jax.process_index() == 0:
     jsonio.write(os.path.join(workdir, AUDIT_JSON), audit)
-    results_lib.write_text(os.path.join(workdir, AUDIT_MD), markdown(audit))
+    jsonio.write_text(os.path.join(workdir, AUDIT_MD), markdown(audit))
   for entry in audit['students'].values():
     logging.info('%s', entry['verdict'])
   return audit
 
 
 def define_flags() -> None:
-  config_flags.DEFINE_config_file(
+  cli.define_config_flag(
       'config', None, 'configs/<dataset>.py[:ARG]: the dataset, the student '
-      'architectures and the attacks\' settings.', lock_config=True)
+      'architectures and the attacks\' settings.')
   flags.DEFINE_string('teacher', None, 'The teacher: a stage folder or a '
                       'converted checkpoint.')
   flags.DEFINE_string('workdir', None, 'Where the students and audit.json '
@@ -294,22 +309,32 @@ def define_flags() -> None:
                       'the config\'s students.archs.')
   flags.DEFINE_bool('data_free', False, 'Also DAFL and DeepInversion + KD '
                     '(their config groups\' settings).')
+  flags.DEFINE_string('api', 'logits', 'What the attacks see of the '
+                      'teacher: logits, probs, topk:K, label, or a '
+                      'defense\'s serving transform (stingy, reverse), '
+                      "'+'-joined.")
   flags.mark_flags_as_required(['config', 'teacher', 'workdir'])
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cli.quiet_console()
   runtime.configure()
   engine.install_preemption_handler()
   f = flags.FLAGS
-  outcome = run(f.config, f.teacher, f.workdir, attacks=f.attacks,
-                students=f.students, data_free=f.data_free)
-  if outcome.get('status') == 'preempted':
-    sys.exit(engine.EXIT_PREEMPTED)
-  print(markdown(outcome))  # The command's output: the audit.
+  config = cli.config_or_exit()
+
+  def body():
+    outcome = run(config, f.teacher, f.workdir, attacks=f.attacks,
+                  students=f.students, data_free=f.data_free, api=f.api)
+    if outcome.get('status') != 'preempted':
+      print(markdown(outcome))  # The command's output: the audit.
+    return outcome
+
+  cli.run_command(body, f.workdir)
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

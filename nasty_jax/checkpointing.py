@@ -10,11 +10,16 @@ Two layouts, both orbax v0 `CheckpointManager` directories:
   so a killed stage resumes bit-for-bit.
 """
 
+import contextlib
 import os
 from typing import Any, Mapping
 
+from absl import logging
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from nasty_jax import cli
 
 VARIABLES_ITEM = 'variables'
 META_ITEM = 'meta'
@@ -27,12 +32,29 @@ def _manager(directory: str, max_to_keep: int = 1) -> ocp.CheckpointManager:
                                            create=True))
 
 
+@contextlib.contextmanager
+def _writing(directory: str):
+  """Turns any failure of a (background) save into one WriteFailedError."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    cause = ' '.join(str(e).split())[:300] or type(e).__name__
+    raise cli.WriteFailedError(
+        f'Could not write a checkpoint in {directory} ({type(e).__name__}: '
+        f'{cause}). Free space or fix the folder, then run the same command '
+        'again: it resumes from the last complete checkpoint.') from None
+
+
 def save_variables(directory: str, variables: Mapping[str, Any],
                    meta: Mapping[str, Any], step: int = 0) -> None:
   """Writes a variables checkpoint (`params` and `batch_stats`) at `step`."""
-  variables = {k: variables[k] for k in ('params', 'batch_stats')
-               if k in variables}
-  with _manager(directory) as mngr:
+  # Host numpy: one replica, written once whatever process holds it (a
+  # device array of one local device cannot be saved by a multi-process
+  # run, and the reader places it on its own devices anyway).
+  variables = jax.device_get({k: variables[k] for k in ('params',
+                                                       'batch_stats')
+                              if k in variables})
+  with _writing(directory), _manager(directory) as mngr:
     mngr.save(step, args=ocp.args.Composite(**{
         VARIABLES_ITEM: ocp.args.StandardSave(variables),
         META_ITEM: ocp.args.JsonSave(dict(meta)),
@@ -60,18 +82,46 @@ def load_variables(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
     raise FileNotFoundError(
         f'No checkpoint directory at {directory}. Pass the folder of a '
         'finished stage, or one written by `python -m nasty_jax.convert`.')
-  with ocp.CheckpointManager(directory) as mngr:
+  with ocp.CheckpointManager(directory,
+                             item_handlers=_item_handlers()) as mngr:
     step = mngr.latest_step()
     if step is None:
       raise FileNotFoundError(
           f'{directory} holds no finished checkpoint. Pass the folder of a '
           'finished stage, or one written by `python -m nasty_jax.convert`.')
-    restored = mngr.restore(step, args=ocp.args.Composite(**{
-        VARIABLES_ITEM: ocp.args.StandardRestore(),
-        META_ITEM: ocp.args.JsonRestore(),
-    }))
+    try:
+      # A target on this host's first device: the checkpoint may come from
+      # any device count or topology (a TPU slice, 4 GPUs).
+      target = _on_first_device(mngr.item_metadata(step)[VARIABLES_ITEM])
+      restored = mngr.restore(step, args=ocp.args.Composite(**{
+          VARIABLES_ITEM: ocp.args.StandardRestore(target),
+          META_ITEM: ocp.args.JsonRestore(),
+      }))
+    except (ValueError, KeyError, OSError, TypeError) as e:
+      raise UnreadableCheckpointError(
+          f'{directory} step {step} is not a readable checkpoint '
+          f'({type(e).__name__}: {str(e)[:200]}). Point at another one; a '
+          'stage\'s own is rebuilt by --config.retrain=<stage>.') from None
   variables = jax.device_get(restored[VARIABLES_ITEM])
   return variables, dict(restored[META_ITEM] or {})
+
+
+class UnreadableCheckpointError(ValueError):
+  """A checkpoint folder whose files or metadata cannot be read."""
+
+
+def _item_handlers():
+  return {VARIABLES_ITEM: ocp.StandardCheckpointHandler(),
+          META_ITEM: ocp.JsonCheckpointHandler()}
+
+
+def _on_first_device(metadata) -> Any:
+  """Abstract arrays of a checkpoint's tree, placed on one local device."""
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  tree = getattr(metadata, 'tree', metadata)
+  return jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+      tree, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
 
 
 STATE_ITEM = 'state'
@@ -88,6 +138,7 @@ class StageCheckpoints:
   def __init__(self, stage_dir: str, max_to_keep: int = 1):
     self.stage_dir = os.path.abspath(stage_dir)
     self.best_dir = os.path.join(self.stage_dir, 'best')
+    self._max_to_keep = max_to_keep
     self._last = _manager(os.path.join(self.stage_dir, 'last'), max_to_keep)
 
   def restore_last(self, abstract_state: Any
@@ -96,17 +147,50 @@ class StageCheckpoints:
     step = self._last.latest_step()
     if step is None:
       return None
-    restored = self._last.restore(step, args=ocp.args.Composite(**{
-        STATE_ITEM: ocp.args.StandardRestore(abstract_state),
-        META_ITEM: ocp.args.JsonRestore(),
-    }))
-    return restored[STATE_ITEM], dict(restored[META_ITEM])
+    target = abstract_state
+    if jax.process_count() > 1:
+      # Saved as host numpy (`save_last`): read it so, place it below.
+      target = jax.tree_util.tree_map(
+          lambda x: np.empty(x.shape, x.dtype), abstract_state)
+    try:
+      restored = self._last.restore(step, args=ocp.args.Composite(**{
+          STATE_ITEM: ocp.args.StandardRestore(target),
+          META_ITEM: ocp.args.JsonRestore(),
+      }))
+    except (ValueError, KeyError, OSError, TypeError) as e:
+      self._set_aside(step, e)
+      return None
+    state = restored[STATE_ITEM]
+    if jax.process_count() > 1:
+      state = jax.tree_util.tree_map(
+          lambda x, a: jax.device_put(x, a.sharding), state, abstract_state)
+    return state, dict(restored[META_ITEM] or {})
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    """Moves an unreadable `last/` aside; the stage restarts from step 0."""
+    last = os.fspath(self._last.directory)
+    self._last.close()
+    n = 1
+    while os.path.exists(f'{last}.unreadable-{n}'):
+      n += 1
+    os.replace(last, f'{last}.unreadable-{n}')
+    logging.warning(
+        '%s/%d is not a readable checkpoint (%s: %s); kept as %s, the stage '
+        'starts again from step 0.', last, step, type(error).__name__,
+        ' '.join(str(error).split())[:200], f'{last}.unreadable-{n}')
+    self._last = _manager(last, self._max_to_keep)
 
   def save_last(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
-    self._last.save(step, args=ocp.args.Composite(**{
-        STATE_ITEM: ocp.args.StandardSave(state),
-        META_ITEM: ocp.args.JsonSave(dict(meta)),
-    }), force=True)
+    """Starts an asynchronous save; a failed earlier one raises here."""
+    if jax.process_count() > 1:
+      # Every process holds the whole replicated state on its own devices
+      # (arrays orbax cannot write across processes): save it as host numpy.
+      state = jax.device_get(state)
+    with _writing(self._last.directory):
+      self._last.save(step, args=ocp.args.Composite(**{
+          STATE_ITEM: ocp.args.StandardSave(state),
+          META_ITEM: ocp.args.JsonSave(dict(meta)),
+      }), force=True)
 
   def save_best(self, step: int, variables: Mapping[str, Any],
                 meta: Mapping[str, Any]) -> None:
@@ -122,8 +206,9 @@ class StageCheckpoints:
       return mngr.latest_step() is not None
 
   def wait_until_finished(self) -> None:
-    self._last.wait_until_finished()
+    with _writing(self._last.directory):
+      self._last.wait_until_finished()
 
   def close(self) -> None:
-    self._last.wait_until_finished()
+    self.wait_until_finished()
     self._last.close()

@@ -14,7 +14,6 @@ it, a program's inputs are a pure function of (seed, epoch, step), and
 every step's key is `fold_in(key(seed), step + 1)`.
 """
 
-import contextlib
 import os
 import signal
 import threading
@@ -25,7 +24,6 @@ import jax
 import ml_collections
 from absl import logging
 from clu import metric_writers
-from clu import periodic_actions
 
 from nasty_jax import checkpointing
 from nasty_jax import fingerprint
@@ -35,10 +33,6 @@ from nasty_jax import parallel as parallel_lib
 from nasty_jax import programs
 
 RESULT_FILE = 'result.json'
-# Exit codes of the commands (README): 0 = everything asked for finished.
-EXIT_BAD_INPUT = 2
-EXIT_NONFINITE = 3
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: run the same command again.
 # config.profile traces these steps (after the start, compiles excluded).
 PROFILE_DIR = 'profile'
 PROFILE_STEPS = (10, 15)
@@ -75,9 +69,19 @@ def acknowledge_preemption() -> None:
   _PREEMPTED.clear()
 
 
+def _interrupt(*_) -> None:
+  if _PREEMPTED.is_set():
+    raise KeyboardInterrupt  # A second Ctrl-C: stop now.
+  logging.warning('Interrupted: saving a checkpoint at this step (Ctrl-C '
+                  'again stops without it).')
+  request_preemption()
+
+
 def install_preemption_handler() -> None:
-  """SIGTERM (what Cloud TPU/GPU pre-emption sends) checkpoints and exits."""
+  """SIGTERM (what Cloud TPU/GPU pre-emption sends) and SIGINT (Ctrl-C)
+  save a checkpoint at the current step and stop the run."""
   signal.signal(signal.SIGTERM, request_preemption)
+  signal.signal(signal.SIGINT, _interrupt)
 
 
 def read_result(stage_dir: str) -> dict[str, Any] | None:
@@ -171,9 +175,15 @@ def stage_settings(config: ml_collections.ConfigDict,
 
 
 def create_writer(stage_dir: str) -> metric_writers.MetricWriter:
-  """The stage's clu writer (TensorBoard + log; log only off process 0)."""
-  return metric_writers.create_default_writer(
-      stage_dir, just_logging=jax.process_index() > 0, asynchronous=True)
+  """The stage's clu writer: TensorBoard files on process 0, nothing else.
+
+  The console gets one line per log step from the loop itself, not a
+  second copy from clu's logging writer; the hyper-parameters go to the
+  TensorBoard files and config.json, not the console.
+  """
+  if jax.process_index() > 0:
+    return metric_writers.MultiWriter([])
+  return metric_writers.AsyncWriter(metric_writers.SummaryWriter(stage_dir))
 
 
 def check_spec(spec: programs.StageSpec) -> methods.Method:
@@ -252,17 +262,27 @@ def run_stage(config: ml_collections.ConfigDict, spec: programs.StageSpec,
   meta = {'stage': spec.name, 'arch': program.arch,
           'num_classes': config.dataset.num_classes, 'epoch': 0,
           'best_accuracy': -1.0, 'best_epoch': -1, 'history': []}
+  best_meta = {'dataset': programs.dataset_identity(config),
+               'max_eval_batches': config.max_eval_batches}
   restored = ckpts.restore_last(abstract_like(state))
   if restored is not None:
     state, meta = restored
-    logging.info('Stage %s resumes at step %d (epoch %d).', spec.name,
-                 int(state.step), meta['epoch'])
+    step = int(state.step)
+    logging.info('Stage %s resumes at step %d/%d (epoch %d/%d, step %d of '
+                 'it).', spec.name, step, total,
+                 step // program.steps_per_epoch + 1, program.num_epochs,
+                 step % program.steps_per_epoch)
+    if meta.get('devices', par.device_count) != par.device_count:
+      logging.warning('Stage %s was saved on %d devices and resumes on %d '
+                      '(same global batch; float sums may differ in order).',
+                      spec.name, meta['devices'], par.device_count)
   else:
     writer.write_hparams(flat_hparams(config, spec))
 
+  meta['devices'] = par.device_count
   loop = _Loop(spec, program, total, config.log_every_steps, ckpts, writer,
                step_hook, os.path.join(stage_dir, PROFILE_DIR)
-               if config.profile else None)
+               if config.profile else None, best_meta)
   state, step, nonfinite = loop.run(state, meta)
   if step is None:
     return {'status': 'preempted', 'step': loop.step}
@@ -339,16 +359,13 @@ class _Loop:
   """The flat step loop of one stage and its bookkeeping."""
 
   def __init__(self, spec, program, total, log_every, ckpts, writer,
-               step_hook, profile_dir=None):
+               step_hook, profile_dir=None, best_meta=None):
     self.spec, self.program, self.total = spec, program, total
     self.log_every, self.ckpts, self.writer = log_every, ckpts, writer
     self.step_hook, self.profile_dir = step_hook, profile_dir
+    self.best_meta = best_meta or {}
     self._tracing = False
     self.throughput = _Throughput(program.images_per_step)
-    self.report = None
-    if jax.process_index() == 0:
-      self.report = periodic_actions.ReportProgress(num_train_steps=total,
-                                                    writer=writer)
     self.step = 0
 
   def run(self, state, meta) -> tuple[Any, int | None, int | None]:
@@ -387,8 +404,6 @@ class _Loop:
       epoch_end = done % spe == 0 or done == self.total
       if epoch_end:
         batches = None
-      if self.report is not None:
-        self.report(done)
       if self.step_hook is not None:
         self.step_hook(done)
       if (done % self.log_every == 0 or epoch_end
@@ -426,8 +441,7 @@ class _Loop:
                      self.profile_dir)
 
   def _end_epoch(self, state, meta, epoch, step) -> None:
-    with self._timed('eval'):
-      ev = self.program.evaluate(state)
+    ev = self.program.evaluate(state)
     meta['epoch'] = epoch + 1
     meta['history'] = list(meta['history']) + [
         {'epoch': epoch + 1, 'step': step, **ev}]
@@ -442,9 +456,8 @@ class _Loop:
       self.ckpts.save_best(step, self.program.best_variables(state), {
           'stage': self.spec.name, 'arch': self.program.arch,
           'num_classes': meta['num_classes'], 'epoch': epoch + 1,
-          'accuracy': ev['accuracy']})
-    with self._timed('checkpoint'):
-      self.ckpts.save_last(step, state, meta)
+          'accuracy': ev['accuracy'], **self.best_meta})
+    self.ckpts.save_last(step, state, meta)
 
   def _stop_preempted(self, step) -> None:
     acknowledge_preemption()
@@ -468,19 +481,26 @@ class _Loop:
     for key in self.program.percent:
       scalars[f'train/{key}'] *= 100.0
     ips = self.throughput.images_per_second
-    scalars['train/images_per_second'] = ips
+    if ips:
+      scalars['train/images_per_second'] = ips
+      eta = (self.total - step) * self.throughput.batch_size / ips
+      speed = f'{ips:.0f} img/s | ETA {format_duration(eta)}'
+    else:
+      speed = (f'first {self.throughput.first_step_seconds:.0f} s, '
+               'compilation included')
     self.writer.write_scalars(step, scalars)
-    eta = ((self.total - step) * self.throughput.batch_size / ips if ips
-           else 0.0)
-    logging.info('%s step %d/%d (epoch %d): %s | %.0f img/s | ETA %s',
-                 self.spec.name, step, self.total, epoch + 1,
-                 self.program.describe(scalars), ips,
-                 time.strftime('%H:%M:%S', time.gmtime(eta)))
+    logging.info('%s step %d/%d (epoch %d/%d): %s | %s', self.spec.name,
+                 step, self.total, epoch + 1, self.program.num_epochs,
+                 self.program.describe(scalars), speed)
     return None
 
-  def _timed(self, name: str):
-    return (self.report.timed(name) if self.report is not None
-            else contextlib.nullcontext())
+
+def format_duration(seconds: float) -> str:
+  """'2d 05:31:43' / '05:31:43': hours, minutes, seconds, days apart."""
+  seconds = int(round(max(seconds, 0.0)))
+  days, rest = divmod(seconds, 86400)
+  hms = time.strftime('%H:%M:%S', time.gmtime(rest))
+  return f'{days}d {hms}' if days else hms
 
 
 def abstract_like(state: Any) -> Any:

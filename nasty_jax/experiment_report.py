@@ -6,10 +6,11 @@ seed, and writes `<entry>.md` (tables beside the paper's numbers, for the
 best and for the last epoch), `<entry>.json` (the same numbers with the
 per-seed values) and one PNG per plot, with mean ± standard deviation over
 seeds. Missing runs or stages leave their cells empty, so a partial report
-can be drawn while runs are going.
+can be drawn while runs are going. `results_from_record(entry, record)` turns
+a written `<entry>.json` back into `write_report`'s input, to redraw a report
+(with the registry's current paper numbers and notes) without its runs.
 """
 
-import json
 import os
 from typing import Any, Mapping
 
@@ -21,6 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
+from nasty_jax import jsonio
 from nasty_jax import results as results_lib
 
 KINDS = results_lib.KINDS
@@ -152,6 +154,56 @@ def plot_png(plot, results: Results, path: str, kind: str = 'best') -> None:
   plt.close(fig)
 
 
+def results_from_record(entry, record: Mapping[str, Any]
+                        ) -> dict[str, dict[int, dict[str, Any]]]:
+  """{run name: {seed: results.json-like}} rebuilt from a written
+  `<entry>.json`, to redraw its report without the run folders.
+
+  Every cell's per-seed `values` go back under its run, seed and key (in
+  `stages`, where `lookup` finds any key) as its table's kind ('best' or
+  'last'), and every run of the record's `seeds` keeps its seeds, so
+  `write_report(entry, results_from_record(entry, record), out)` gives the
+  same numbers with the entry's current paper numbers, notes and titles.
+  The plots are redrawn too: every plotted cell is a table cell.
+
+  Args:
+    entry: the `experiment_schema.Entry` the record was written for.
+    record: the parsed `<entry>.json`.
+
+  Raises:
+    ValueError: a record of another entry, one lacking a cell the entry
+      now reads (its numbers need the runs: report from --workdir), or two
+      cells giving one run, seed, key and kind different values.
+  """
+  if record.get('entry') != entry.name:
+    raise ValueError(f'The record is of entry {record.get("entry")!r}, not '
+                     f'{entry.name!r}.')
+  out = {run: {int(seed): {'stages': {}} for seed in seeds}
+         for run, seeds in record['seeds'].items()}
+  for table in record['tables']:
+    kind = table['kind']
+    for row in table['rows']:
+      for cell in row['cells']:
+        if cell is None:
+          continue
+        out.setdefault(cell['run'], {})
+        for seed, value in cell['values'].items():
+          stages = out[cell['run']].setdefault(int(seed), {'stages': {}})
+          found = stages['stages'].setdefault(cell['key'], {})
+          if found.setdefault(kind, value) != value:
+            raise ValueError(
+                f'{entry.name}: two {kind} values of {cell["key"]} in run '
+                f'{cell["run"]}, seed {seed}: {found[kind]} and {value}.')
+  recorded = {(c['run'], c['key']) for t in record['tables']
+              for r in t['rows'] for c in r['cells'] if c is not None}
+  missing = sorted({(c.run, c.key) for c in entry.cells()} - recorded)
+  if missing:
+    raise ValueError(
+        f'{entry.name}: the record has no cell for {missing}; report from '
+        'the runs (--workdir) instead.')
+  return out
+
+
 def _seed_counts(entry, results: Results) -> dict[str, list[int]]:
   return {run.name: sorted(results.get(run.name, {})) for run in entry.runs}
 
@@ -178,10 +230,11 @@ def write_report(entry, results: Results, out_dir: str) -> list[str]:
       f'(up to {max_seeds}; fewer are marked n=). In parentheses: the change '
       'of the mean against its reference (a student against the same '
       'student trained alone, the nasty teacher against the normal one). '
-      '"paper": the number the paper reports (best epoch); n/a where it '
-      'could not be read.', '']
+      '"paper": the number the paper prints for the cell (best epoch; '
+      'docs/paper.md); n/a where it prints none.', '']
   record = {'entry': entry.name, 'title': entry.title, 'note': entry.note,
             'seeds': seeds, 'tables': [], 'plots': []}
+  written_heatmaps = []
   for table in entry.tables:
     for kind in KINDS:
       rows = table_summaries(table, results, kind)
@@ -195,9 +248,17 @@ def write_report(entry, results: Results, out_dir: str) -> list[str]:
           for _, cells in table.rows for c in cells)
       if kind == 'best' and not with_paper:
         parts += ['The paper\'s numbers for this table: n/a (the paper '
-                  'has no such table, or its numbers could not be '
-                  'read).', '']
+                  'prints none for its cells; see the notes).', '']
       parts += [table_markdown(table, rows, max_seeds, with_paper), '']
+      if table.verdict and kind == 'best':
+        lines = verdict_lines(table, rows)
+        parts += ['Verdicts (mean change against the LS student over the '
+                  'seeds both have):', ''] + [f'* {l}' for l in lines] + ['']
+        name = f'{entry.name}_{_slug(table.title)}_heatmap.png'
+        heatmap_png(table, rows, os.path.join(out_dir, name))
+        written_heatmaps.append(os.path.join(out_dir, name))
+        parts += [f'![{table.title}: change against the LS student]'
+                  f'({name})', '']
       record['tables'].append({
           'title': table.title, 'kind': kind, 'columns': list(table.columns),
           'rows': [{'label': label, 'cells': cells} for label, cells in rows]})
@@ -213,10 +274,72 @@ def write_report(entry, results: Results, out_dir: str) -> list[str]:
   parts += [f'| {run} | {", ".join(map(str, s)) or "none"} |'
             for run, s in seeds.items()]
   md_path = os.path.join(out_dir, f'{entry.name}.md')
-  with open(md_path, 'w') as f:
-    f.write('\n'.join(parts) + '\n')
+  jsonio.write_text(md_path, '\n'.join(parts) + '\n')
   json_path = os.path.join(out_dir, f'{entry.name}.json')
-  with open(json_path, 'w') as f:
-    json.dump(record, f, indent=1)
-  return [md_path, json_path] + written
+  jsonio.write(json_path, record)
+  return [md_path, json_path] + written + written_heatmaps
+
+
+def _slug(text: str) -> str:
+  return ''.join(c if c.isalnum() else '_' for c in text.lower()).strip('_')
+
+
+def _is_attack(cell) -> bool:
+  return (cell is not None and cell.versus is not None
+          and cell.versus.key.split('/')[0] == 'ls')
+
+
+def verdict_lines(table, rows) -> list[str]:
+  """One verdict per row of a defense x attack table (see Table.verdict)."""
+  lines = []
+  for (label, cells), (_, summaries) in zip(table.rows, rows):
+    attacks = [(column, s) for column, c, s in zip(table.columns, cells,
+                                                   summaries)
+               if _is_attack(c)]
+    known = [(column, s['delta']) for column, s in attacks
+             if s is not None and s['delta'] is not None]
+    if len(known) < len(attacks) or not known:
+      lines.append(f'{label}: incomplete ({len(known)} of {len(attacks)} '
+                   'attacks measured).')
+      continue
+    column, margin = max(known, key=lambda kv: kv[1])
+    if margin > 0:
+      lines.append(f'{label}: distillable: {column} beats the LS student by '
+                   f'{margin:.2f} points.')
+    else:
+      lines.append(f'{label}: undistillable under all {len(known)} attacks '
+                   f'(closest: {column}, {margin:+.2f}).')
+  return lines
+
+
+def heatmap_png(table, rows, path: str) -> None:
+  """The attack cells' mean change against the LS student, as a heatmap."""
+  columns = [i for i, c in enumerate(table.rows[0][1]) if _is_attack(c)]
+  matrix = np.full((len(rows), len(columns)), np.nan)
+  for r, (_, summaries) in enumerate(rows):
+    for j, i in enumerate(columns):
+      s = summaries[i]
+      if s is not None and s['delta'] is not None:
+        matrix[r, j] = s['delta']
+  bound = max(1.0, float(np.nanmax(np.abs(matrix))) if np.isfinite(
+      matrix).any() else 1.0)
+  fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(columns),
+                                  1.2 + 0.5 * len(rows)))
+  image = ax.imshow(matrix, cmap='RdBu_r', vmin=-bound, vmax=bound,
+                    aspect='auto')
+  for r in range(matrix.shape[0]):
+    for j in range(matrix.shape[1]):
+      if np.isfinite(matrix[r, j]):
+        ax.text(j, r, f'{matrix[r, j]:+.1f}', ha='center', va='center',
+                fontsize=7)
+  ax.set_xticks(range(len(columns)))
+  ax.set_xticklabels([table.columns[i] for i in columns], rotation=45,
+                     ha='right', fontsize=7)
+  ax.set_yticks(range(len(rows)))
+  ax.set_yticklabels([label for label, _ in rows], fontsize=8)
+  fig.colorbar(image, ax=ax, label='knockoff - LS student (points)')
+  ax.set_title(table.title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
 

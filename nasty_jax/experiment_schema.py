@@ -64,7 +64,7 @@ class Cell:
     run: the run's name.
     key: 'normal' / 'nasty' (teacher accuracy), '<role>/<arch>' (a student:
       baseline, kd_normal, kd_nasty), or any stage name ('dafl/nasty').
-    paper: the paper's number (None: not available).
+    paper: the paper's number (docs/paper.md; None: it prints none).
     versus: the cell this one's change is measured against (a student
       against its baseline, the nasty teacher against the normal one).
   """
@@ -76,11 +76,22 @@ class Cell:
 
 @dataclasses.dataclass(frozen=True)
 class Table:
-  """A markdown table: labelled rows of cells (None: an empty cell)."""
+  """A markdown table: labelled rows of cells (None: an empty cell).
+
+  Attributes:
+    title: its heading.
+    columns: column labels.
+    rows: (label, cells) pairs.
+    note: printed under the heading.
+    verdict: a defense x attack matrix: every cell measured against an LS
+      student (`versus` an `ls/<arch>` cell) is an attack; the report
+      gives each row a verdict line and draws the changes as a heatmap.
+  """
   title: str
   columns: tuple[str, ...]
   rows: tuple[tuple[str, tuple[Cell | None, ...]], ...]
   note: str = ''
+  verdict: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@
   python -m nasty_jax.experiments list [NAME]
   python -m nasty_jax.experiments run NAME --workdir DIR [--seeds 0,1,2]
   python -m nasty_jax.experiments report NAME --workdir DIR [--out DIR]
+  python -m nasty_jax.experiments report NAME --from_json=FILE [--out DIR]
 
 An entry (`experiments/registry.py`) is a list of runs of the main command
 plus the tables and figures its report draws. A run is a config file, its
@@ -17,7 +18,12 @@ dependency order; finished stages are skipped and a killed stage resumes
 (the pipeline's behaviour), and a run whose selected stages are all done is
 not even opened. `report` (`experiment_report.py`) gathers the runs'
 results.json files into markdown tables beside the paper's numbers and
-draws the ablation figures. `list` prints every run as the equivalent
+draws the ablation figures. `report --from_json=experiments/results/NAME.json`
+redraws a written report (markdown, JSON and plots) from its own JSON, which
+keeps every cell's per-seed values, without the run folders: the numbers
+stay, the paper's numbers, notes and titles become the registry's current
+ones (`experiment_report.results_from_record`; it fails if the entry now
+reads a cell the JSON lacks). `list` prints every run as the equivalent
 `python -m nasty_jax.main` command line.
 """
 
@@ -25,22 +31,23 @@ draws the ablation figures. `list` prints every run as the equivalent
 from nasty_jax import runtime  # Before jax starts: it sets XLA_FLAGS.
 
 runtime.set_cpu_flags()
+runtime.quiet_tensorflow()
 
 import importlib
-import json
 import os
 import shlex
 import sys
 from typing import Any, Sequence
 
-import jax
 import ml_collections
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from nasty_jax import cli
 from nasty_jax import engine
+from nasty_jax import jsonio
 from nasty_jax import experiment_report
 from nasty_jax import experiment_schema as schema
 from nasty_jax import pipeline
@@ -216,9 +223,11 @@ def _selected_done(config: ml_collections.ConfigDict, directory: str) -> bool:
   if not os.path.exists(path):
     return False
   stages = pipeline.select(pipeline.plan(config, directory), config.stages)
-  with open(path) as f:
+  try:
     # Written by an earlier subset of stages, or before the last finished.
-    incomplete = set(json.load(f).get('incomplete', []))
+    incomplete = set(jsonio.read(path).get('incomplete', []))
+  except jsonio.UnreadableFileError:
+    return False  # Rebuilt by the run.
   return not incomplete & {s.spec.name for s in stages} and all(
       engine.read_result(s.directory) is not None for s in stages)
 
@@ -228,7 +237,8 @@ def run_entry(entry: schema.Entry, workdir: str, seeds: Sequence[int],
   """Runs (or resumes, or skips) every run of `entry` for every seed.
 
   Returns:
-    {'ran': [(run, seed)], 'skipped': [(run, seed)], 'preempted': bool}.
+    {'ran': [(run, seed)], 'skipped': [(run, seed)], 'preempted': bool},
+    plus 'nonfinite': [(run, seed, stage)] when a stage stopped there.
   """
   check_entry(entry, workdir, extra)
   outcome = {'ran': [], 'skipped': [], 'preempted': False}
@@ -244,6 +254,9 @@ def run_entry(entry: schema.Entry, workdir: str, seeds: Sequence[int],
                  command(run, workdir, seed, extra))
     result = pipeline.run(config, directory)
     outcome['ran'].append((run.name, seed))
+    if result.get('nonfinite'):
+      outcome['nonfinite'] = outcome.get('nonfinite', []) + [
+          (run.name, seed, name) for name in result['nonfinite']]
     if result.get('status') == 'preempted':
       logging.warning('Pre-empted in %s; run the same command again to '
                       'resume.', directory)
@@ -308,9 +321,10 @@ def gather_results(entry: schema.Entry, workdir: str,
     out[run.name] = {}
     for seed in found:
       path = os.path.join(run_dir(workdir, run.name, seed), RESULTS_FILE)
-      if os.path.exists(path):
-        with open(path) as f:
-          out[run.name][seed] = json.load(f)
+      results = jsonio.read(path, rebuild=f'by `experiments run` '
+                            f'(its run {run.name}, seed {seed})')
+      if results is not None:
+        out[run.name][seed] = results
   return out
 
 
@@ -324,6 +338,9 @@ def define_flags() -> None:
   flags.DEFINE_multi_string(
       'set', [], 'run: key=value overrides for every run of the entry, e.g. '
       '--set=dataset.manual_dir=/data/cifar10_images.')
+  flags.DEFINE_string(
+      'from_json', None, 'report: redraw from this <NAME>.json a report '
+      'wrote (its per-seed values) instead of the runs of --workdir.')
   flags.DEFINE_string('out', os.path.join(REPO, 'experiments', 'results'),
                       'report: where <NAME>.md, <NAME>.json and the PNGs '
                       'go.')
@@ -333,7 +350,8 @@ USAGE = """\
 Usage:
   python -m nasty_jax.experiments list [NAME]
   python -m nasty_jax.experiments run NAME --workdir DIR [--seeds 0,1,2]
-  python -m nasty_jax.experiments report NAME --workdir DIR [--out DIR]"""
+  python -m nasty_jax.experiments report NAME --workdir DIR [--out DIR]
+  python -m nasty_jax.experiments report NAME --from_json=FILE [--out DIR]"""
 
 
 def main(argv: Sequence[str]) -> None:
@@ -346,25 +364,40 @@ def main(argv: Sequence[str]) -> None:
     for name in names or sorted(registry):
       print(describe(get_entry(name, registry)))  # The command's output.
     return
-  workdir = flags.FLAGS.workdir
-  if len(names) != 1 or workdir is None:
+  workdir, from_json = flags.FLAGS.workdir, flags.FLAGS.from_json
+  if from_json is not None and (verb != 'report' or workdir is not None
+                                or flags.FLAGS.seeds):
+    raise app.UsageError('--from_json is for `report` alone, without '
+                         '--workdir and --seeds.\n' + USAGE)
+  if len(names) != 1 or (workdir is None and from_json is None):
     raise app.UsageError(USAGE)
   entry = get_entry(names[0], registry)
   seeds = parse_seeds(flags.FLAGS.seeds) if flags.FLAGS.seeds else None
   if verb == 'run':
+    cli.quiet_console()
     runtime.configure()
     engine.install_preemption_handler()
-    run_entry(entry, workdir, seeds or [0], flags.FLAGS.set)
+    cli.run_command(lambda: run_entry(entry, workdir, seeds or [0],
+                                      flags.FLAGS.set), workdir)
   else:
-    if not os.path.isdir(workdir):
+    if from_json is not None:
+      record = jsonio.read(from_json)
+      if record is None:
+        raise app.UsageError(f'No file {from_json}.')
+      try:
+        results = experiment_report.results_from_record(entry, record)
+      except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    elif not os.path.isdir(workdir):
       raise app.UsageError(f'No workdir {workdir}: give the --workdir that '
                            f'`run {entry.name}` used.')
-    written = experiment_report.write_report(
-        entry, gather_results(entry, workdir, seeds), flags.FLAGS.out)
+    else:
+      results = gather_results(entry, workdir, seeds)
+    written = experiment_report.write_report(entry, results, flags.FLAGS.out)
     for path in written:
       print(path)  # The command's output: the files written.
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -72,7 +72,7 @@ def teacher_outputs(config: ml_collections.ConfigDict, stage_dir: str,
   """
   _, meta = checkpointing.load_variables(stage_dir)
   arch = meta.get('arch') or config.teacher.arch
-  model, variables = programs.load_frozen(config, arch, stage_dir)
+  model, variables, _ = programs.load_frozen(config, arch, stage_dir)
   apply = jax.jit(functools.partial(model.apply, train=False,
                                     return_features=True))
   logits, features = [], []

@@ -54,7 +54,8 @@ def settings(config: ml_collections.ConfigDict, spec: programs.StageSpec,
       'method': spec.method,
       'arch': spec.arch,
       'fields': fields,
-      'frozen': {f.role: {'arch': f.arch, 'source': sources[f.role]}
+      'frozen': {f.role: {'arch': f.arch, 'source': sources[f.role],
+                          **_transform(config, f.transform)}
                  for f in spec.frozen},
       'dataset': {k: v for k, v in config.dataset.to_dict().items()
                   if k not in _DATA_PATHS},
@@ -69,6 +70,16 @@ def settings(config: ml_collections.ConfigDict, spec: programs.StageSpec,
   }
   # As JSON has it (tuples are lists), so it compares with a recorded one.
   return json.loads(json.dumps(out, default=str))
+
+
+def _transform(config: ml_collections.ConfigDict, spec: str
+               ) -> dict[str, Any]:
+  """A serving transform's spec and its defenses' fields ({} for none)."""
+  if not spec:
+    return {}
+  fields = {p: methods.fields(config, methods.get(p)).to_dict()
+            for p in methods.parse_list(spec) if p in methods.names()}
+  return {'transform': spec, 'transform_fields': fields}
 
 
 def of(settings_: Mapping[str, Any]) -> str:

@@ -17,12 +17,17 @@ class UnreadableFileError(ValueError):
 
 def write(path: str, obj: Any, **kwargs: Any) -> None:
   """Writes `obj` as JSON to `path` atomically (temp file + os.replace)."""
+  write_text(path, json.dumps(obj, indent=1, **kwargs))
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes a text file atomically (temp file + os.replace)."""
   folder = os.path.dirname(path)
   if folder:
     os.makedirs(folder, exist_ok=True)
   tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1, **kwargs)
+    f.write(text)
   os.replace(tmp, path)
 
 

@@ -33,6 +33,7 @@ import dataclasses
 import importlib
 import importlib.util
 import os
+import re
 import sys
 import types
 from typing import Any, Callable, Mapping
@@ -100,6 +101,9 @@ class Method:
       architecture it trains in place of each one it applies to (the
       Skeptical student's multi-exit twin); None = the student itself.
     fixed: fields that override the config group (a `variant`'s).
+    transform: a teacher-side defense that retrains nothing: `(fields,
+      num_classes) -> (logits -> logits)`, a serving transform of the
+      normal teacher's outputs (`serving.py`), or 'module:function'.
   """
   name: str
   role: str
@@ -115,16 +119,20 @@ class Method:
   per_teacher_stage: bool = False
   student_archs: Mapping[str, str] | None = None
   fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  transform: Callable[..., Any] | str | None = None
 
   def __post_init__(self):
     if self.role not in ROLES:
       raise ValueError(f'Method {self.name!r}: role must be one of {ROLES}; '
                        f'got {self.role!r}.')
-    kinds = [k for k in (self.objective, self.program, self.runner)
-             if k is not None]
+    kinds = [k for k in (self.objective, self.program, self.runner,
+                         self.transform) if k is not None]
     if len(kinds) != 1:
       raise ValueError(f'Method {self.name!r} needs exactly one of '
-                       'objective, program and runner.')
+                       'objective, program, runner and transform.')
+    if self.transform is not None and self.role != TEACHER:
+      raise ValueError(f'Method {self.name!r}: a serving transform is a '
+                       'teacher-side defense.')
 
   @property
   def program_fn(self) -> Callable[..., Any] | None:
@@ -133,6 +141,10 @@ class Method:
   @property
   def runner_fn(self) -> Callable[..., Any] | None:
     return _resolve(self.runner)
+
+  @property
+  def transform_fn(self) -> Callable[..., Any] | None:
+    return _resolve(self.transform)
 
   @property
   def config_group(self) -> str:
@@ -207,9 +219,26 @@ def register(method: Method, *, replace: bool = False) -> Method:
   return method
 
 
+_VARIANTS = (
+    # kd_t<T>_a<alpha>: KD at that temperature and weight.
+    (re.compile(r'kd_t(\d+(?:\.\d+)?)_a(\d+(?:\.\d+)?)'),
+     lambda m: ('kd', f'KD τ={m[1]} α={m[2]}',
+                dict(temperature=float(m[1]), alpha=float(m[2])))),
+    # topk<K>: top-k KD keeping K logits.
+    (re.compile(r'topk(\d+)'),
+     lambda m: ('topk_api', f'top-{m[1]} KD', dict(k=int(m[1])))),
+)
+
+
 def get(name: str) -> Method:
-  """The method `name`; raises naming the valid ones."""
+  """The method `name` (a sweep variant like kd_t4_a0.9 or topk5 is made on
+  first use); raises naming the valid ones."""
   if name not in _REGISTRY:
+    for pattern, make in _VARIANTS:
+      match = pattern.fullmatch(name)
+      if match:
+        base, label, fields_ = make(match)
+        return variant(base, name, label, **fields_)
     raise ValueError(f'Unknown method {name!r}. Registered: '
                      f'{", ".join(sorted(_REGISTRY))}. A method of your own '
                      'is registered from a module named in '
@@ -383,6 +412,37 @@ register(Method(
     label='KD', description='Hinton KD: alpha * tau^2 * KL(teacher || '
     'student) + (1 - alpha) * CE (train_kd.py)'))
 
+# --- Defenses: teacher-side methods beyond nasty (docs/defenses.md). --------
+
+
+def _cmim_objective(f: ml_collections.ConfigDict) -> Objective:
+  temperatures = tuple(float(t) for t in f.temperatures)
+  lam, stop = float(f.lam), bool(f.stop_centroid)
+
+  def objective(out: Outputs):
+    return losses.cmim_loss(out.logits, out.labels, temperatures, lam, stop)
+
+  return objective
+
+
+register(Method(
+    'stingy', TEACHER, transform='nasty_jax.serving:stingy',
+    defaults=dict(sparse_ratio=Unset(float)), label='stingy',
+    description='Stingy teacher: the normal teacher served with its top-k '
+    'logits only (k = int(sparse_ratio * C); 0.2 for 10 classes, else 0.1)'))
+register(Method(
+    'reverse', TEACHER, transform='nasty_jax.serving:reverse',
+    label='reverse', description='the normal teacher served with its argmax '
+    'kept and the other classes\' ranking reversed'))
+register(Method(
+    'cmim', TEACHER, _cmim_objective,
+    defaults=dict(lam=1.0, temperatures=(1.0, 2.0, 4.0, 8.0),
+                  stop_centroid=True, checkpoint=Unset()),
+    label='CMIM', description='a teacher trained with CE + lam * the mean '
+    'over temperatures of the in-batch CMI of its outputs per label '
+    '(a reconstruction of Ye et al. 2025)'))
+
+
 # --- Attacks: student-side methods beyond plain KD (docs/attacks.md). ------
 
 
@@ -456,17 +516,11 @@ def attack_set(num_classes: int) -> list[str]:
   KD at k = 1, tested), top-k KD at k in {2, 5} (for 10 classes; 2% and 5%
   of the classes, at least 2 and 5, otherwise), and the Skeptical student.
   """
-  names = []
-  for temperature in (1, 4, 20):
-    for alpha in (0.5, 0.9):
-      names.append(variant(
-          'kd', f'kd_t{temperature}_a{alpha}',
-          f'KD τ={temperature} α={alpha}', temperature=float(temperature),
-          alpha=alpha).name)
+  names = [get(f'kd_t{t}_a{a}').name for t in (1, 4, 20) for a in (0.5, 0.9)]
   names.append('hard_label')
   for k in (2, 5):
     k = k if num_classes <= 10 else max(k, k * num_classes // 100)
-    names.append(variant('topk_api', f'topk{k}', f'top-{k} KD', k=k).name)
+    names.append(get(f'topk{k}').name)
   names.append('skeptical')
   return names
 

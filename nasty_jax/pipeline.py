@@ -20,6 +20,7 @@ and resumes when interrupted (`engine.py`). At the end `results.json` and
 
 import dataclasses
 import os
+import time
 from typing import Any
 
 import jax
@@ -32,6 +33,7 @@ from nasty_jax import jsonio
 from nasty_jax import methods
 from nasty_jax import programs
 from nasty_jax import results as results_lib
+from nasty_jax import serving
 from nasty_jax.data_free import deepinversion
 
 # Figure 6, written once both DeepInversion stages are done.
@@ -46,6 +48,13 @@ def teacher_names(config: ml_collections.ConfigDict) -> list[str]:
 def student_archs(config: ml_collections.ConfigDict) -> list[str]:
   """The student architectures ('+'-separated in config.students.archs)."""
   return methods.parse_list(config.students.archs)
+
+
+def serving_api(config: ml_collections.ConfigDict) -> str:
+  """The API output mode students see ('' for the full logits)."""
+  mode = config.api
+  serving.api(mode)  # Raises on an unknown mode.
+  return '' if mode == 'logits' else mode
 
 
 def student_methods(config: ml_collections.ConfigDict) -> list[str]:
@@ -93,35 +102,47 @@ def plan(config: ml_collections.ConfigDict, workdir: str
   arch = config.teacher.arch
   own = lambda name: os.path.join(workdir, name)
   stages = []
-  # Teacher name -> (checkpoint, stages it comes from).
-  teachers: dict[str, tuple[str, tuple[str, ...]]] = {}
+  # Teacher name -> (checkpoint, stages it comes from, serving transform).
+  teachers: dict[str, tuple[str, tuple[str, ...], str]] = {}
+
+  def normal_teacher(name, what):
+    if 'normal' not in teachers:
+      raise ValueError(
+          f'Teacher {name!r} {what} (by default the normal teacher): list '
+          "'normal' before it in config.teachers.")
+    return teachers['normal']
+
   for name in teacher_names(config):
     method = _method(name, methods.TEACHER, 'config.teachers')
     fields = methods.fields(config, method)
+    if method.transform is not None:
+      checkpoint, needs, _ = normal_teacher(name, 'serves a normal teacher')
+      teachers[name] = (checkpoint, needs, name)
+      continue
     if fields.get('checkpoint'):
-      teachers[name] = (fields.checkpoint, ())
+      teachers[name] = (fields.checkpoint, (), '')
       continue
     frozen, needs = [], ()
     for role in method.frozen:
       checkpoint = fields.get(f'{role}_checkpoint')
       if checkpoint is None:
-        if 'normal' not in teachers:
-          raise ValueError(
-              f'Teacher {name!r} reads a frozen {role} (by default the '
-              "normal teacher): list 'normal' before it in config.teachers "
-              f'or set --config.{method.config_group}.{role}_checkpoint.')
-        checkpoint, needs = teachers['normal']
+        checkpoint, needs, _ = normal_teacher(
+            name, f'reads a frozen {role}; or set --config.'
+            f'{method.config_group}.{role}_checkpoint')
       frozen.append(programs.FrozenSpec(
           role, fields.get(f'{role}_arch') or arch, checkpoint))
     stage = method.stage_name()
     stages.append(PlannedStage(
         programs.StageSpec(stage, name, arch, tuple(frozen)), own(stage),
         needs, teacher=name))
-    teachers[name] = (own(stage), (stage,))
+    teachers[name] = (own(stage), (stage,), '')
+  api = serving_api(config)
 
   def reading(teacher):
-    checkpoint, needs = teachers[teacher]
-    return (programs.FrozenSpec(methods.TEACHER, arch, checkpoint),), needs
+    checkpoint, needs, transform = teachers[teacher]
+    served = '+'.join(t for t in (transform, api) if t)
+    return ((programs.FrozenSpec(methods.TEACHER, arch, checkpoint, served),),
+            needs)
 
   for student in student_archs(config):
     for name in student_methods(config):
@@ -154,6 +175,12 @@ def plan(config: ml_collections.ConfigDict, workdir: str
     if not fields.enabled:
       continue
     for teacher in teachers:
+      if teachers[teacher][2] or api:
+        # The generator and the inversion need the teacher's features,
+        # BN statistics and gradients: a trained teacher's internals.
+        logging.warning('%s needs the teacher\'s internals; no %s stage '
+                        'for the served teacher %s.', name, name, teacher)
+        continue
       frozen, needs = reading(teacher)
       stage = method.stage_name(teacher)
       stages.append(PlannedStage(
@@ -274,6 +301,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   results = results_lib.gather(config, stages, stage_results,
                                deepinversion_comparison=figure)
   results['stale'] = stale
+  results['nonfinite'] = sorted(
+      name for name, r in stage_results.items()
+      if r and r.get('status') == 'nonfinite')
   if writer:
     results_lib.write(results, workdir)
   return results
@@ -310,13 +340,17 @@ def execute(config: ml_collections.ConfigDict, workdir: str,
                           wanted[stage.spec.name])
   if jax.process_index() == 0:
     write_config(config, workdir)
+  trained, seconds = 0, 0.0  # Stages trained (not skipped) and their time.
   for i, stage in enumerate(selected):
     _check_ready(stage, by_name)
-    logging.info('=== Stage %d/%d: %s (%s, %s) -> %s', i + 1, len(selected),
+    logging.info('=== Stage %d/%d: %s (%s, %s) -> %s%s', i + 1, len(selected),
                  stage.spec.name, stage.spec.method, stage.spec.arch,
-                 stage.directory)
+                 stage.directory,
+                 _pipeline_eta(seconds, trained, len(selected) - i))
     sources = {r: s['source'] for r, s in
                wanted[stage.spec.name]['frozen'].items()}
+    will_train, started = (engine.read_result(stage.directory) is None,
+                           time.perf_counter())
     result = engine.run_stage(config, stage.spec, stage.directory,
                               sources=sources,
                               retrain=stage.spec.name in retrain)
@@ -324,6 +358,8 @@ def execute(config: ml_collections.ConfigDict, workdir: str,
       logging.warning('Pre-empted during %s; rerun the same command to '
                       'resume.', stage.spec.name)
       return {'status': 'preempted', 'stage': stage.spec.name}
+    if will_train:
+      trained, seconds = trained + 1, seconds + time.perf_counter() - started
   out, stale = {}, []
   for s in stages:
     recorded = _recorded(s.directory)
@@ -333,6 +369,14 @@ def execute(config: ml_collections.ConfigDict, workdir: str,
     out[s.spec.name] = engine.read_result(s.directory) if current else None
   out[STALE] = sorted(stale)
   return out
+
+
+def _pipeline_eta(seconds: float, trained: int, remaining: int) -> str:
+  """' | pipeline ETA ~H:M:S' from the mean of the stages trained so far."""
+  if not trained:
+    return ''
+  eta = engine.format_duration(seconds / trained * remaining)
+  return f' | pipeline ETA ~{eta} ({remaining} stages left, rough)'
 
 
 def _recorded(stage_dir: str) -> str | None:

@@ -12,10 +12,12 @@ runs all of them the same way.
 import dataclasses
 import functools
 import itertools
+import os
 from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import ml_collections
 from absl import logging
 
@@ -23,6 +25,7 @@ from nasty_jax import checkpointing
 from nasty_jax import methods
 from nasty_jax import models
 from nasty_jax import parallel as parallel_lib
+from nasty_jax import serving
 from nasty_jax import state as state_lib
 from nasty_jax import steps
 
@@ -35,10 +38,13 @@ class FrozenSpec:
     role: what the method calls it ('teacher', 'adversary').
     arch: its architecture.
     checkpoint: a stage folder or a converted checkpoint.
+    transform: a serving-transform spec applied to its logits ('stingy',
+      'topk:5', 'stingy+label'; `serving.resolve`); '' = none.
   """
   role: str
   arch: str
   checkpoint: str
+  transform: str = ''
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,13 +152,52 @@ def input_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   return (1, size, size, 3)
 
 
-def load_frozen(config: ml_collections.ConfigDict, arch: str,
-                checkpoint: str) -> tuple[Any, Any]:
-  """A frozen network (teacher or adversary) and its variables.
+def dataset_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What decides a test accuracy: the dataset, its size and source folder.
+
+  A best/ checkpoint records it beside its accuracy, so a frozen network is
+  re-measured against a comparable number only.
+  """
+  d = config.dataset
+  manual = d.get('manual_dir')
+  return {'name': d.name, 'image_size': d.image_size,
+          'num_classes': d.num_classes,
+          'manual_dir': os.path.abspath(manual) if manual else None}
+
+
+# A frozen network whose re-measured test accuracy is further than this
+# from the one its checkpoint records (same dataset and split) is refused.
+FROZEN_ACCURACY_TOLERANCE = 0.5
+
+
+def check_recorded_accuracy(config: ml_collections.ConfigDict,
+                            checkpoint: str, meta: dict[str, Any],
+                            measured: float) -> None:
+  """Refuses a frozen network that no longer scores what it recorded.
 
   Raises:
-    ValueError: the checkpoint holds another architecture or class count, or
-      its tensors don't fit `arch`.
+    ValueError: both numbers, when the checkpoint was scored on the same
+      dataset and split and differs by more than the tolerance.
+  """
+  recorded = meta.get('accuracy')
+  if (recorded is None or meta.get('dataset') != dataset_identity(config)
+      or meta.get('max_eval_batches') != config.max_eval_batches):
+    return
+  if abs(measured - recorded) > FROZEN_ACCURACY_TOLERANCE:
+    raise ValueError(
+        f'{checkpoint} scores {measured:.2f}% on the test split but recorded '
+        f'{recorded:.2f}% there: the checkpoint is damaged or not the one '
+        'that was trained. Point at another one, or retrain its stage '
+        '(--config.retrain=<stage>).')
+
+
+def load_frozen(config: ml_collections.ConfigDict, arch: str,
+                checkpoint: str) -> tuple[Any, Any, dict[str, Any]]:
+  """A frozen network (teacher or adversary), its variables and metadata.
+
+  Raises:
+    ValueError: the checkpoint holds another architecture or class count,
+      tensors that don't fit `arch`, or non-finite values.
   """
   variables, meta = checkpointing.load_variables(checkpoint)
   for key, want in (('arch', arch),
@@ -170,7 +215,15 @@ def load_frozen(config: ml_collections.ConfigDict, arch: str,
     raise ValueError(f'{checkpoint} does not hold a {arch} with '
                      f'{config.dataset.num_classes} classes (tensor shapes '
                      'differ).')
-  return model, variables
+  leaves = jax.tree_util.tree_leaves(variables)
+  bad = sum(int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+            for x in leaves)
+  if bad:
+    raise ValueError(
+        f'{checkpoint} holds {bad} non-finite values (of '
+        f'{sum(np.size(x) for x in leaves)}): a damaged checkpoint. Point '
+        'at another one, or retrain its stage (--config.retrain=<stage>).')
+  return model, variables, meta
 
 
 def open_dataset(config: ml_collections.ConfigDict,
@@ -238,10 +291,18 @@ def init_key(seed: int) -> jax.Array:
   return jax.random.key(seed, impl='rbg')
 
 
-def _final_head_apply(model) -> steps.FrozenApply:
-  """A frozen network's eval forward; a multi-head one's final head."""
-  return lambda variables, x: steps.final_head(
-      model.apply(variables, x, train=False))
+@dataclasses.dataclass(frozen=True)
+class Served:
+  """A frozen network as its students see it: eval mode, final head, then
+  the serving transform. Has the `apply` that `steps.eval_step` calls, so
+  the network is scored through the transform."""
+  model: Any
+  transform: serving.Transform | None = None
+
+  def apply(self, variables, x, train: bool = False):
+    del train  # Frozen networks always run in eval mode.
+    logits = steps.final_head(self.model.apply(variables, x, train=False))
+    return logits if self.transform is None else self.transform(logits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,14 +330,19 @@ def load_frozen_networks(ctx: Context) -> Frozen:
   config, spec, par = ctx.config, ctx.spec, ctx.par
   nets, variables, applies, accuracy = {}, {}, {}, None
   for frozen in spec.frozen:
-    model, v = load_frozen(config, frozen.arch, frozen.checkpoint)
+    model, v, meta = load_frozen(config, frozen.arch, frozen.checkpoint)
     nets[frozen.role] = model
     variables[frozen.role] = par.replicate(v)
-    applies[frozen.role] = _final_head_apply(model)
-    acc = evaluate(eval_fn(model, par), variables[frozen.role], ctx.dataset,
+    served = Served(model, serving.resolve(frozen.transform, config))
+    applies[frozen.role] = served.apply
+    acc = evaluate(eval_fn(served, par), variables[frozen.role], ctx.dataset,
                    par, config.max_eval_batches)['accuracy']
-    logging.info('Stage %s: frozen %s %s (%s) test accuracy %.2f%%.',
-                 spec.name, frozen.role, frozen.arch, frozen.checkpoint, acc)
+    if not frozen.transform:
+      check_recorded_accuracy(config, frozen.checkpoint, meta, acc)
+    logging.info('Stage %s: frozen %s %s (%s%s) test accuracy %.2f%%.',
+                 spec.name, frozen.role, frozen.arch, frozen.checkpoint,
+                 f', served {frozen.transform}' if frozen.transform else '',
+                 acc)
     accuracy = acc if accuracy is None else accuracy
   return Frozen(nets, variables, applies, accuracy)
 

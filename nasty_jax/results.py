@@ -93,6 +93,9 @@ def gather(config: ml_collections.ConfigDict, stages: list[Any],
     # A teacher given as a checkpoint: as a stage that read it measured it.
     if stage.teacher is not None and teachers.get(stage.teacher) is None:
       teachers[stage.teacher] = _measured(results[stage.spec.name])
+  order = methods.parse_list(config.teachers)
+  teachers = dict(sorted(teachers.items(), key=lambda kv: (
+      order.index(kv[0]) if kv[0] in order else len(order))))
   students = {}
   for stage in stages:
     if stage.student_arch is not None and not methods.get(
@@ -272,11 +275,4 @@ def markdown(results: dict[str, Any]) -> str:
 def write(results: dict[str, Any], workdir: str) -> None:
   """Writes workdir/results.json and workdir/results.md (atomically)."""
   jsonio.write(os.path.join(workdir, 'results.json'), results, default=str)
-  write_text(os.path.join(workdir, 'results.md'), markdown(results))
-
-
-def write_text(path: str, text: str) -> None:
-  """Writes a text file atomically (temp file + os.replace)."""
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
+  jsonio.write_text(os.path.join(workdir, 'results.md'), markdown(results))

@@ -61,3 +61,37 @@ def configure(compilation_cache: bool = True) -> None:
     jax.config.update('jax_compilation_cache_dir', os.path.join(
         os.path.expanduser('~'), '.cache', 'nasty_jax', 'xla'))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+
+
+def quiet_tensorflow() -> None:
+  """TensorFlow's start-up chatter off (call before anything imports it).
+
+  TensorFlow only reads files here (TFDS, clu's TensorBoard writer): its
+  oneDNN kernels never touch a number we compute, so turning them off loses
+  nothing and drops the "oneDNN custom operations are on" lines.
+  """
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+
+def initialize_distributed(coordinator: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """`jax.distributed.initialize`, with CPU collectives over gloo.
+
+  On Cloud TPU and managed GPU clusters every argument is detected; on
+  plain machines (or several processes of one machine) give all three.
+  CPU-only processes exchange gradients through gloo: XLA:CPU has no
+  cross-process collectives of its own.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if os.environ.get('JAX_PLATFORMS', '').startswith('cpu') or (
+      coordinator and coordinator.startswith(('localhost', '127.'))):
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  # A dead peer stops the others after this many seconds without a
+  # heartbeat (JAX's default 100; NASTY_JAX_HEARTBEAT_TIMEOUT changes it).
+  heartbeat = int(os.environ.get('NASTY_JAX_HEARTBEAT_TIMEOUT', '100'))
+  jax.distributed.initialize(coordinator_address=coordinator,
+                             num_processes=num_processes,
+                             process_id=process_id,
+                             heartbeat_timeout_seconds=heartbeat)

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,7 +22,8 @@ EXPECTED = (
      'cifar10_fig3', 'cifar100_fig3', 'cifar10_fig4', 'cifar100_fig4',
      'cifar10_fig5a', 'cifar10_fig5b', 'cifar10_table1_short', 'cifar10_cpu',
      'digits_table1', 'digits_fig3', 'digits_fig4', 'digits_fig5a',
-     'digits_fig5b', 'digits_table6']
+     'digits_fig5b', 'digits_table6', 'benchmark_digits', 'digits_audit',
+     'benchmark_cifar10_cpu']
     + [f'cifar100_table2_{t}' for t in ('resnet18', 'resnet50', 'resnext29')]
     + [f'tinyimagenet_table3_{t}'
        for t in ('resnet18', 'resnet50', 'resnext29')])
@@ -95,7 +98,7 @@ def test_inconsistent_entries_are_clear_errors(runs, message):
 
 
 def test_cli_errors_and_list(capsys):
-  with pytest.raises(ValueError, match='Valid: cifar100_fig3'):
+  with pytest.raises(ValueError, match='Valid: benchmark_cifar10_cpu'):
     experiments.get_entry('table9', experiments.load_registry())
   with pytest.raises(ValueError, match='comma-separated integers'):
     experiments.parse_seeds('0,a')
@@ -148,6 +151,81 @@ def test_report_means_stds_deltas_and_figure(tmp_path):
   assert last['rows'][0]['cells'][0]['mean'] == 82.0  # 83 - 1.
   png = tmp_path / 'sweep_figure.png'
   assert str(png) in written and 0 < png.stat().st_size < 200_000
+
+
+def _numbers(record):
+  """A report record without what the registry decides (paper, notes)."""
+  return [(t['title'], t['kind'], [
+      (r['label'], [None if c is None else
+                    {k: v for k, v in c.items() if k != 'paper'}
+                    for c in r['cells']]) for r in t['rows']])
+          for t in record['tables']], record['seeds'], record['plots']
+
+
+def test_report_redrawn_from_its_json(tmp_path):
+  run = schema.Run('base', 'configs/digits.py')
+  entry = registry.sweep_entry(
+      'sweep', 'A sweep', kind='student', base=run, archs=('net',),
+      key='kd.alpha', values=(0.5,), base_value=0.9, xlabel='α')
+  point = entry.runs[1].name
+  results = {
+      'base': {s: _fake_results({'normal': 90 + s, 'nasty': 89,
+                                 'baseline/net': 80 + 2 * s,
+                                 'kd_normal/net': 84, 'kd_nasty/net': 70})
+               for s in (0, 1, 2)},
+      point: {0: _fake_results({'kd_normal/net': 83}), 1: {}},
+  }
+  first = tmp_path / 'first'
+  experiment_report.write_report(entry, results, str(first))
+  record = json.loads((first / 'sweep.json').read_text())
+  # The same entry with a paper number and a new note: only they change.
+  table = entry.tables[0]
+  paper_rows = tuple(
+      (label, tuple(None if c is None else schema.Cell(
+          c.run, c.key, 86.64 if c.key == 'baseline/net' else None,
+          c.versus) for c in cells)) for label, cells in table.rows)
+  redrawn = schema.Entry(
+      entry.name, entry.title, entry.runs,
+      (schema.Table(table.title, table.columns, paper_rows, table.note),),
+      entry.plots, 'A new note.')
+  again = experiment_report.results_from_record(redrawn, record)
+  assert sorted(again[point]) == [0, 1]  # Seed 1 has no cell, still a seed.
+  second = tmp_path / 'second'
+  written = experiment_report.write_report(redrawn, again, str(second))
+  new = json.loads((second / 'sweep.json').read_text())
+  assert _numbers(new) == _numbers(record)
+  assert new['note'] == 'A new note.'
+  text = (second / 'sweep.md').read_text()
+  assert '| student alone (base run) | 82.00 ± 2.00 · paper 86.64 |' in text
+  assert 'paper n/a' not in (first / 'sweep.md').read_text()
+  assert str(second / 'sweep_figure.png') in written
+  # A record of another entry, or lacking a cell the entry reads.
+  with pytest.raises(ValueError, match="entry 'sweep', not 'other'"):
+    experiment_report.results_from_record(
+        schema.Entry('other', 'O', entry.runs), record)
+  extra = schema.Entry(entry.name, entry.title, entry.runs, (schema.Table(
+      'T', ('x',), (('row', (schema.Cell('base', 'kd_nasty/mlp'),)),)),))
+  with pytest.raises(ValueError, match='no cell for'):
+    experiment_report.results_from_record(extra, record)
+
+
+def test_committed_reports_redraw_with_the_paper_numbers(tmp_path):
+  """The committed digits Table 1 through the command line: same numbers,
+  Table 1's CIFAR-10 CNN column as its paper numbers."""
+  name = 'digits_table1'
+  committed = os.path.join(experiments.REPO, 'experiments', 'results',
+                           f'{name}.json')
+  subprocess.run(
+      [sys.executable, '-m', 'nasty_jax.experiments', 'report', name,
+       f'--from_json={committed}', f'--out={tmp_path}'],
+      cwd=experiments.REPO, check=True, capture_output=True)
+  with open(committed) as f:
+    record = json.load(f)
+  new = json.loads((tmp_path / f'{name}.json').read_text())
+  assert _numbers(new) == _numbers(record)
+  text = (tmp_path / f'{name}.md').read_text()
+  assert '| Student baseline |  | 97.59 ± 0.70 · paper 86.64 |' in text
+  assert 'paper 95.13' in text and 'paper 82.46' in text
 
 
 @pytest.fixture(scope='module')

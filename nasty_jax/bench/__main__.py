@@ -3,6 +3,7 @@
 from nasty_jax import runtime  # Before jax starts: it sets XLA_FLAGS.
 
 runtime.set_cpu_flags()
+runtime.quiet_tensorflow()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from typing import Sequence

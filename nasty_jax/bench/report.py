@@ -1,19 +1,14 @@
 """The benchmark's tables: ratios between rows, the reference, output."""
 
-import json
 import math
-import os
 from typing import Any, Sequence
+
+from nasty_jax import jsonio
 
 
 def write_json(path: str, results: dict[str, Any]) -> None:
   """Writes `results` to `path` atomically (a cut-short run keeps a file)."""
-  folder = os.path.dirname(path)
-  if folder:
-    os.makedirs(folder, exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(results, f, indent=1, allow_nan=True)
-  os.replace(path + '.tmp', path)
+  jsonio.write(path, results, allow_nan=True)
 
 
 def _key(row: dict[str, Any], **change) -> tuple:

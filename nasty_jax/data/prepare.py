@@ -50,7 +50,10 @@ DATA_DIR/downloads/extracted/ and writes array_record files to
 DATA_DIR/cifar10/3.0.2/; nothing touches the network. (The `tfds build`
 command line needs apache-beam, which the project does not install.) A copy
 prepared earlier as tfrecord is not readable: prepare again into a new
-DATA_DIR."""
+DATA_DIR.
+Or use any copy of the images as an image folder, no archive needed:
+DIR/train/<class>/*.{png,jpg} and DIR/test/<class>/*, then
+  --config.dataset.name=image_folder --config.dataset.manual_dir=DIR"""
 
 
 def default_manual_dir(data_dir: str | None) -> str:

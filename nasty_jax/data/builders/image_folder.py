@@ -12,8 +12,9 @@ Each root gets its own BuilderConfig, named after the folder plus a short
 hash of its absolute path, so several folders share one data_dir without
 colliding: `<data_dir>/image_folder/<folder>_<hash>/1.0.0/`.
 
-The CIFAR-10 JPEG pack of this project unpacks into such a folder:
-`python ../shared/data/cifar10_jpeg.py folder /tmp/cifar10_jpeg`.
+Any copy of CIFAR-10 saved as images (for example the JPEG copies that
+circulate, one file per image) is such a folder once its files sit under
+`train/<class>/` and `test/<class>/`.
 """
 
 import dataclasses
