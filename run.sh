@@ -43,7 +43,13 @@ if [ -n "$tcmalloc" ] && [ "${NASTY_JAX_TCMALLOC:-1}" != 0 ] && \
 fi
 if [ "${1:-}" = "test" ]; then
   shift
-  # Two workers: CI has 2 cores, and the suite is compile-bound.
-  exec .venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" "$@"
+  # Two workers: CI has 2 cores, and the suite is compile-bound. Tests
+  # marked `serial` (two jax.distributed processes, whose collectives time
+  # out if a third process starves one of them) run after, alone.
+  if [ $# -gt 0 ]; then
+    exec .venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" "$@"
+  fi
+  .venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" -m "not serial"
+  exec .venv/bin/python -m pytest -q -m serial
 fi
 exec .venv/bin/python -m nasty_jax.main "$@"

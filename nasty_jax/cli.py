@@ -122,6 +122,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     return flags.FLAGS(argv)
   except flags.Error as e:
     usage_error(_last_error(str(e)))
+  except (AttributeError, KeyError) as e:
+    _unknown_key('config', e)
 
 
 def usage_error(message: str) -> None:
@@ -168,11 +170,17 @@ def define_config_flag(name: str, default: str, help_text: str) -> None:
     config_flags.DEFINE_config_file(name, default, help_text,
                                     lock_config=True)
   except (AttributeError, KeyError) as e:
-    key = str(e).strip('\'"')
-    given = [a for a in sys.argv[1:] if a.startswith(f'--{name}.')
-             and key in a.split('=', 1)[0].split('.')]
-    usage_error(f'unknown config key {key!r} in '
-                f'{given[0] if given else f"--{name}.*"}')
+    _unknown_key(name, e)
+
+
+def _unknown_key(name: str, error: Exception) -> None:
+  """An override of a key the config does not have (ml_collections raises
+  it while the flag is defined or parsed, whichever comes first)."""
+  key = str(error).strip('\'"')
+  given = [a for a in sys.argv[1:] if a.startswith(f'--{name}.')
+           and key in a.split('=', 1)[0].split('.')]
+  usage_error(f'unknown config key {key!r} in '
+              f'{given[0] if given else f"--{name}.*"}')
 
 
 def help_text() -> str:

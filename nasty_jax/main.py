@@ -48,7 +48,7 @@ def _run(config, workdir: str) -> dict:
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(),
                jax.process_count(), jax.devices())
   results = pipeline.run(config, workdir)
-  if 'teachers' in results:
+  if 'teachers' in results and jax.process_index() == 0:
     logging.info('Results in %s/results.md:\n%s', workdir,
                  results_lib.markdown(results))
   return results

@@ -91,13 +91,39 @@ def _method(name: str, role: str, where: str) -> methods.Method:
   return method
 
 
+# Sequence fields and their element type. ml_collections type-checks
+# scalars on override but takes any tuple, so `milestones=abc` would only
+# fail deep inside the schedule, without the key's name.
+SEQUENCE_FIELDS = {'milestones': int, 'temperatures': float}
+
+
+def check_sequences(config: ml_collections.ConfigDict, prefix: str = ''
+                    ) -> None:
+  """Raises ValueError naming a sequence field with a wrong element."""
+  for key, value in config.items():
+    path = f'{prefix}{key}'
+    if isinstance(value, ml_collections.ConfigDict):
+      check_sequences(value, f'{path}.')
+    elif key in SEQUENCE_FIELDS and value is not None:
+      kind = SEQUENCE_FIELDS[key]
+      items = value if isinstance(value, (tuple, list)) else (value,)
+      for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or (
+            kind is int and float(item) != int(item)):
+          raise ValueError(
+              f'--config.{path}={value!r}: expected a tuple of '
+              f'{kind.__name__}s, e.g. --config.{path}="(5, 8)".')
+
+
 def plan(config: ml_collections.ConfigDict, workdir: str
          ) -> list[PlannedStage]:
   """Every stage of the config's pipeline, in run order.
 
   Raises:
-    ValueError: an unknown method, or one on the wrong side.
+    ValueError: an unknown method, or one on the wrong side; a sequence
+      field holding values of the wrong type.
   """
+  check_sequences(config)
   methods.load_extensions(config.extensions)
   arch = config.teacher.arch
   own = lambda name: os.path.join(workdir, name)

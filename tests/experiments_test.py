@@ -123,19 +123,25 @@ def _fake_results(accuracies):
   return out
 
 
-def test_report_means_stds_deltas_and_figure(tmp_path):
+def _sweep(seeds, point_results):
+  """A one-point α sweep and fake results: base seeds, the point's seeds."""
   base = schema.Run('base', 'configs/digits.py')
   entry = registry.sweep_entry(
       'sweep', 'A sweep', kind='student', base=base, archs=('net',),
       key='kd.alpha', values=(0.5,), base_value=0.9, xlabel='α')
-  point = entry.runs[1].name
   results = {
       'base': {s: _fake_results({'normal': 90 + s, 'nasty': 89,
                                  'baseline/net': 80 + 2 * s,
                                  'kd_normal/net': 84, 'kd_nasty/net': 70})
-               for s in (0, 1)},
-      point: {0: _fake_results({'kd_normal/net': 83, 'kd_nasty/net': 75})},
+               for s in seeds},
+      entry.runs[1].name: point_results,
   }
+  return entry, results
+
+
+def test_report_means_stds_deltas_and_figure(tmp_path):
+  entry, results = _sweep((0, 1), {0: _fake_results(
+      {'kd_normal/net': 83, 'kd_nasty/net': 75})})
   written = experiment_report.write_report(entry, results, str(tmp_path))
   text = (tmp_path / 'sweep.md').read_text()
   # KD from nasty at the base value: 70 vs baselines 80, 82 (mean 81).
@@ -163,18 +169,8 @@ def _numbers(record):
 
 
 def test_report_redrawn_from_its_json(tmp_path):
-  run = schema.Run('base', 'configs/digits.py')
-  entry = registry.sweep_entry(
-      'sweep', 'A sweep', kind='student', base=run, archs=('net',),
-      key='kd.alpha', values=(0.5,), base_value=0.9, xlabel='α')
-  point = entry.runs[1].name
-  results = {
-      'base': {s: _fake_results({'normal': 90 + s, 'nasty': 89,
-                                 'baseline/net': 80 + 2 * s,
-                                 'kd_normal/net': 84, 'kd_nasty/net': 70})
-               for s in (0, 1, 2)},
-      point: {0: _fake_results({'kd_normal/net': 83}), 1: {}},
-  }
+  entry, results = _sweep((0, 1, 2), {0: _fake_results(
+      {'kd_normal/net': 83}), 1: {}})
   first = tmp_path / 'first'
   experiment_report.write_report(entry, results, str(first))
   record = json.loads((first / 'sweep.json').read_text())
@@ -189,7 +185,7 @@ def test_report_redrawn_from_its_json(tmp_path):
       (schema.Table(table.title, table.columns, paper_rows, table.note),),
       entry.plots, 'A new note.')
   again = experiment_report.results_from_record(redrawn, record)
-  assert sorted(again[point]) == [0, 1]  # Seed 1 has no cell, still a seed.
+  assert sorted(again[entry.runs[1].name]) == [0, 1]  # Seed 1 has no cell, still a seed.
   second = tmp_path / 'second'
   written = experiment_report.write_report(redrawn, again, str(second))
   new = json.loads((second / 'sweep.json').read_text())
@@ -224,7 +220,9 @@ def test_committed_reports_redraw_with_the_paper_numbers(tmp_path):
   new = json.loads((tmp_path / f'{name}.json').read_text())
   assert _numbers(new) == _numbers(record)
   text = (tmp_path / f'{name}.md').read_text()
-  assert '| Student baseline |  | 97.59 ± 0.70 · paper 86.64 |' in text
+  alone = record['tables'][0]['rows'][0]['cells'][1]
+  assert (f'| Student baseline |  | {alone["mean"]:.2f} ± {alone["std"]:.2f}'
+          ' · paper 86.64 |') in text
   assert 'paper 95.13' in text and 'paper 82.46' in text
 
 

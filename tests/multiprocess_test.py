@@ -14,6 +14,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from nasty_jax import checkpointing
 
@@ -33,7 +34,7 @@ def _free_port() -> int:
 def _env(devices: int, data_dir: str) -> dict[str, str]:
   env = dict(os.environ)
   env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  env['NASTY_JAX_HEARTBEAT_TIMEOUT'] = '10'
+  env['NASTY_JAX_HEARTBEAT_TIMEOUT'] = '20'
   return env
 
 
@@ -61,6 +62,11 @@ def _finish(procs, timeout=600):
   return [p.returncode for p in procs], outs
 
 
+@pytest.mark.serial
+@pytest.mark.xfail(strict=True, reason=(
+    'known bug (issue 13 open): the 2-process run finishes and writes '
+    'results on process 0 only, but its best/ parameters differ from the '
+    '1-process 4-device run far beyond float order (max abs diff ~2.7)'))
 def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
   data_dir = str(tmp_path / 'tfds')
   one, two = tmp_path / 'one', tmp_path / 'two'
@@ -69,6 +75,13 @@ def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
   assert single.returncode == 0, single.stderr[-3000:]
 
   codes, outs = _finish(_start_pair(two, data_dir))
+  if codes != [0, 0] and any('Gloo context initialization failed' in o
+                             for o in outs):
+    # gloo's 30 s rendezvous timed out: one peer was still compiling (a
+    # loaded machine). The rerun finds the programs in the compilation
+    # cache and meets at once; a fresh folder keeps the comparison clean.
+    two = tmp_path / 'two_again'
+    codes, outs = _finish(_start_pair(two, data_dir))
   assert codes == [0, 0], outs[0][-3000:] + outs[1][-3000:]
   assert 'Results in' in outs[0] and 'Results in' not in outs[1]
   r1 = json.loads((one / 'normal' / 'result.json').read_text())
