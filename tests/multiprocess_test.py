@@ -4,6 +4,12 @@ A short teacher stage on digits runs as 1 process x 4 CPU devices and as
 2 processes x 2 devices each: parameters agree to float-reduction order,
 accuracies exactly, and only process 0 writes the results. A kill of one
 process stops the other with an error, and the rerun resumes.
+
+The stage is kept to 6 steps: gloo sums the gradients of the 2 processes
+in another order than XLA sums 4 local devices, and at lr 0.1 such a
+1e-7 difference grows with every step (after 30 steps the parameters
+differ by ~1e-2, exactly as much as a 1-process run on 2 devices differs
+from one on 4), so only a short run can be compared at 1e-5.
 """
 
 import json
@@ -19,10 +25,11 @@ import pytest
 from nasty_jax import checkpointing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# 22 steps per epoch at batch 64: 30 steps cross an epoch end (a checkpoint
-# and an evaluation) and stop inside the second epoch.
+# A tenth of the training set at batch 64 is 2 steps per epoch: 6 steps are
+# 3 epochs, each ending with a checkpoint, an evaluation and a best/ write.
 ARGS = ['--config=configs/digits.py:_tiny_resnet', '--config.stages=normal',
-        '--config.num_train_steps=30', '--config.log_every_steps=10']
+        '--config.dataset.subset_percent=0.1', '--config.num_train_steps=6',
+        '--config.log_every_steps=2']
 
 
 def _free_port() -> int:
@@ -63,10 +70,6 @@ def _finish(procs, timeout=600):
 
 
 @pytest.mark.serial
-@pytest.mark.xfail(strict=True, reason=(
-    'known bug (issue 13 open): the 2-process run finishes and writes '
-    'results on process 0 only, but its best/ parameters differ from the '
-    '1-process 4-device run far beyond float order (max abs diff ~2.7)'))
 def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
   data_dir = str(tmp_path / 'tfds')
   one, two = tmp_path / 'one', tmp_path / 'two'
@@ -97,7 +100,7 @@ def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
   # Kill process 1 once epoch 1 is saved: process 0 must stop with an
   # error, and the same command resumes from that checkpoint.
   killed = tmp_path / 'killed'
-  procs = _start_pair(killed, data_dir, ['--config.num_train_steps=200'])
+  procs = _start_pair(killed, data_dir, ['--config.num_train_steps=60'])
   last = killed / 'normal' / 'last'
   deadline = time.time() + 600
   while time.time() < deadline and not (
@@ -107,8 +110,9 @@ def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
   procs[1].kill()
   codes, outs = _finish(procs, timeout=300)
   assert codes[0] != 0, outs[0][-3000:]
+  assert 'heartbeat' in outs[0], outs[0][-3000:]  # names the dead peer
   codes, outs = _finish(_start_pair(killed, data_dir,
-                                    ['--config.num_train_steps=200']))
+                                    ['--config.num_train_steps=60']))
   assert codes == [0, 0], outs[0][-3000:] + outs[1][-3000:]
   assert 'resumes at step' in outs[0], outs[0][-3000:]
 
