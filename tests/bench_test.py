@@ -169,3 +169,41 @@ def test_side_by_side_with_a_reference_json(tmp_path):
   assert row['ratio'] == pytest.approx(results['steps'][0]['images_per_s']
                                        / 100.0)
   assert 'Side by side with the PyTorch reference' in report.report(results)
+
+
+def test_one_convolution_benchmark_against_a_reference_json(tmp_path):
+  """bench.convs times the shapes of a torch_conv_bench JSON and divides
+  each part's time into torch's; its kernel gradient is the models' one."""
+  # pylint: disable-next=g-import-not-at-top
+  import numpy as np
+  from nasty_jax.bench import convs
+  assert convs.parse('32x16x64s2') == (32, 16, 64, 2)
+  with pytest.raises(ValueError, match='HxCinxCoutsS'):
+    convs.parse('32x16')
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((4, 6, 6, 3), np.float32)
+  k = rng.standard_normal((3, 3, 3, 5), np.float32)
+  g = rng.standard_normal((4, 3, 3, 5), np.float32)
+  fns = convs.programs(2)
+  np.testing.assert_allclose(fns['kernel_grad'](x, k, g),
+                             fns['kernel_grad_one_call'](x, k, g),
+                             rtol=1e-5, atol=1e-5)
+  reference = {'meta': {'batch_size': 2}, 'convs': [
+      {'shape': '6x3x5s1', 'forward_ms': 1.0, 'input_grad_ms': 2.0,
+       'kernel_grad_ms': 3.0}]}
+  path = tmp_path / 'torch.json'
+  path.write_text(json.dumps(reference))
+  out = tmp_path / 'convs.json'
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run(
+      [sys.executable, '-m', 'nasty_jax.bench.convs', f'--reference_json={path}',
+       '--repeats=1', f'--json={out}'], cwd=root, capture_output=True,
+      text=True, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert '6x3x5s1' in done.stdout and 'all ratio' in done.stdout
+  (row,) = json.loads(out.read_text())['convs']
+  assert row['gflop'] == pytest.approx(2 * 2 * 36 * 3 * 5 * 9 / 1e9)
+  for part in convs.PARTS:
+    assert row[f'{part}_ratio'] == pytest.approx(
+        reference['convs'][0][f'{part}_ms'] / row[f'{part}_ms'])
+  assert row['ratio'] == pytest.approx(6.0 / row['xla_ms'])
