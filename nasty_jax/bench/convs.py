@@ -41,15 +41,6 @@ SHAPES = ('32x16x16s1', '32x16x32s2', '16x32x32s1', '16x32x64s2',
           '16x128x256s2', '8x256x256s1', '8x256x512s2', '4x512x512s1')
 PARTS = ('forward', 'input_grad', 'kernel_grad')
 
-_SHAPES = flags.DEFINE_list('shapes', list(SHAPES), 'HxCinxCoutsS shapes.')
-_BATCH = flags.DEFINE_integer('batch_size', 128, 'Batch size.')
-_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls (the minimum).')
-_REFERENCE = flags.DEFINE_string(
-    'reference_json', None, 'experiments/torch_conv_bench.py output: its '
-    'shapes and times.')
-_JSON = flags.DEFINE_string('json', None, 'Write the results here.')
-
-
 def parse(shape: str) -> tuple[int, int, int, int]:
   """'HxCinxCoutsS' -> (H, Cin, Cout, stride), e.g. '32x16x16s1'."""
   try:
@@ -140,16 +131,29 @@ COLUMNS = (('shape', 'shape'), ('GFLOP', 'gflop'),
            ('all ratio', 'ratio'))
 
 
+def define_flags() -> None:
+  """The command line's flags; only when run as a program, so importing
+  this module beside `nasty_jax.bench`'s own flags defines nothing."""
+  flags.DEFINE_list('shapes', list(SHAPES), 'HxCinxCoutsS shapes.')
+  flags.DEFINE_integer('batch_size', 128, 'Batch size.')
+  flags.DEFINE_integer('repeats', 5, 'Timed calls (the minimum).')
+  flags.DEFINE_string(
+      'reference_json', None, 'experiments/torch_conv_bench.py output: its '
+      'shapes and times.')
+  flags.DEFINE_string('json', None, 'Write the results here.')
+
+
 def main(argv: Sequence[str]) -> None:
+  f = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  reference = jsonio.read(_REFERENCE.value) if _REFERENCE.value else None
+  reference = jsonio.read(f.reference_json) if f.reference_json else None
   shapes = ([r['shape'] for r in reference['convs']] if reference
-            else _SHAPES.value)
-  batch = reference['meta']['batch_size'] if reference else _BATCH.value
+            else f.shapes)
+  batch = reference['meta']['batch_size'] if reference else f.batch_size
   rows = []
   for shape in shapes:
-    rows.append(measure(shape, batch, _REPEATS.value))
+    rows.append(measure(shape, batch, f.repeats))
     print(f'{shape}: ' + ', '.join(
         f'{p} {rows[-1][p + "_ms"]:.1f} ms' for p in PARTS), flush=True)
   table = side_by_side(rows, reference)
@@ -157,12 +161,13 @@ def main(argv: Sequence[str]) -> None:
         f'(load {os.getloadavg()[0]:.2f}); torch/XLA time ratio > 1: XLA '
         'faster. dW is the batch-chunked kernel gradient the models use.\n')
   print(report.format_table(table, COLUMNS))
-  if _JSON.value:
-    jsonio.write(_JSON.value, {'meta': {'batch_size': batch,
+  if f.json:
+    jsonio.write(f.json, {'meta': {'batch_size': batch,
                                         'backend': jax.default_backend(),
                                         'jax': jax.__version__},
                                'convs': table})
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
