@@ -10,8 +10,9 @@ one output mask each: the oneDNN primitives a training step calls), in
 NCHW float32 with `--threads` intra-op threads; the minimum of `--repeats`
 calls after one warm-up. Shapes are 'HxCinxCoutsS' (input side, channels
 in and out, stride) at batch `--batch_size`: by default every 3x3
-convolution shape of PreResNet-20 and of the CIFAR ResNet-18. `python -m nasty_jax.bench.convs --reference_json=F`
-times the same shapes in XLA and prints both side by side.
+convolution shape of PreResNet-20 and of the CIFAR ResNet-18.
+`python -m nasty_jax.bench.convs --reference_json=F` times the same
+shapes in XLA and prints both side by side (it reads the shapes from F).
 """
 
 import argparse

@@ -41,6 +41,7 @@ SHAPES = ('32x16x16s1', '32x16x32s2', '16x32x32s1', '16x32x64s2',
           '16x128x256s2', '8x256x256s1', '8x256x512s2', '4x512x512s1')
 PARTS = ('forward', 'input_grad', 'kernel_grad')
 
+
 def parse(shape: str) -> tuple[int, int, int, int]:
   """'HxCinxCoutsS' -> (H, Cin, Cout, stride), e.g. '32x16x16s1'."""
   try:
