@@ -11,10 +11,9 @@
 # $OUT/bench_h100.json and $OUT/bench_h100.log ($OUT: the device tool's
 # output folder; /tmp/nasty_jax_bench elsewhere).
 #
-# Needs jax with a GPU, flax and optax; clu (for clu.metrics, pure Python)
-# is installed from carried wheels in .whl/ (git-ignored) when present:
-#
-#   python3 -m pip download --no-deps --only-binary=:all: -d .whl clu==0.0.12
+# Needs jax with a GPU, flax and optax; clu, ml_collections and wrapt come
+# from carried wheels in .whl/ (git-ignored; experiments/gpu_env.sh says
+# how to fetch them).
 #
 # On the lent H100: device run with carry ['.whl'], command
 # 'bash experiments/gpu_bench.sh', timeout_s 580. XLA flags can be set
@@ -22,20 +21,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/nasty_jax_bench}"
-mkdir -p "$OUT"
-if compgen -G '.whl/*.whl' > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile \
-      --no-cache-dir --upgrade --target /tmp/nasty_jax_site .whl/*.whl
-  export PYTHONPATH="/tmp/nasty_jax_site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONUNBUFFERED=1
-# A rerun on the same machine reuses the compiled steps.
-export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/nasty_xla}"
+source experiments/gpu_env.sh
 export XLA_FLAGS="${BENCH_XLA_FLAGS:-${XLA_FLAGS:-}}"
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm \
-    --format=csv 2>/dev/null || true
 if [[ $# -eq 0 ]]; then
   set -- --preset=h100
 fi
-python3 -m nasty_jax.bench "$@" --json="$OUT/bench_h100.json" 2>&1 \
+"$PYTHON" -m nasty_jax.bench "$@" --json="$OUT/bench_h100.json" 2>&1 \
     | tee "$OUT/bench_h100.log"

@@ -23,7 +23,6 @@ from typing import Any, Callable
 import jax
 import ml_collections
 from absl import logging
-from clu import metric_writers
 
 from nasty_jax import checkpointing
 from nasty_jax import fingerprint
@@ -31,6 +30,7 @@ from nasty_jax import jsonio
 from nasty_jax import methods
 from nasty_jax import parallel as parallel_lib
 from nasty_jax import programs
+from nasty_jax import summaries
 
 RESULT_FILE = 'result.json'
 # config.profile traces these steps (after the start, compiles excluded).
@@ -174,16 +174,16 @@ def stage_settings(config: ml_collections.ConfigDict,
   return fingerprint.settings(config, spec, sources)
 
 
-def create_writer(stage_dir: str) -> metric_writers.MetricWriter:
-  """The stage's clu writer: TensorBoard files on process 0, nothing else.
+def create_writer(stage_dir: str) -> Any:
+  """The stage's writer: TensorBoard files on process 0, nothing else.
 
   The console gets one line per log step from the loop itself, not a
   second copy from clu's logging writer; the hyper-parameters go to the
-  TensorBoard files and config.json, not the console.
+  TensorBoard files and config.json, not the console. Without TensorFlow
+  the files come from tensorboard's own writer (`summaries`).
   """
-  if jax.process_index() > 0:
-    return metric_writers.MultiWriter([])
-  return metric_writers.AsyncWriter(metric_writers.SummaryWriter(stage_dir))
+  return summaries.create_writer(stage_dir,
+                                 primary=jax.process_index() == 0)
 
 
 def check_spec(spec: programs.StageSpec) -> methods.Method:

@@ -9,7 +9,9 @@ Datasets (`builders.DATASET_NAMES`): digits (embedded, the default),
 cifar10, cifar100, tiny_imagenet, image_folder. They are TFDS datasets in
 array_record format, prepared once and offline with
 `python -m nasty_jax.data.prepare NAME` (see `prepare`); reading them needs
-no TensorFlow.
+no TensorFlow. One more, `arrays` (`arrays.py`), is local files (an .npz of
+arrays, a JPEG pack, an image folder) decoded into memory: no preparation,
+and its device path needs neither TFDS nor grain.
 
 Two input paths, the same batches in distribution (same augmentation code,
 `augment.py`, and the same random-draw distributions):
@@ -26,8 +28,9 @@ Two input paths, the same batches in distribution (same augmentation code,
 
 Both are deterministic in (seed, epoch): a resumed run sees the same batches.
 
-Attributes are loaded lazily so that `nasty_jax.data.augment` and
-`device_pipeline` import without TFDS or grain.
+Attributes are loaded lazily, and `input_pipeline` imports TFDS and grain
+only where it uses them, so that `augment`, `device_pipeline` and an
+`arrays` dataset's device path run without either.
 """
 
 import importlib

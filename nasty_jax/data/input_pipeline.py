@@ -2,7 +2,8 @@
 
 `create_dataset(dataset_cfg, global_batch_size, seed, input=...)` opens a
 prepared TFDS dataset with `as_data_source` (array_record, decoded with
-numpy/PIL: no TensorFlow at read time) and returns one of two pipelines with
+numpy/PIL: no TensorFlow at read time), or the `arrays` dataset (`arrays`:
+local files decoded into memory), and returns one of two pipelines with
 the same interface (see `nasty_jax.data`):
 
 * 'device' (`device_pipeline.DevicePipeline`): the split is read once into
@@ -15,6 +16,9 @@ the same interface (see `nasty_jax.data`):
   normalise it, and keep a few batches ready ahead. Batches are numpy arrays
   holding this process's rows; make global arrays of them with
   `jax.make_array_from_process_local_data`.
+
+TFDS and grain are imported where they are used, so the device path of
+an `arrays` dataset runs where only jax, numpy and PIL are installed.
 
 Determinism: epoch e's order and augmentations are a pure function of
 (seed, e) and the record index, so a resumed run sees the batches an
@@ -31,17 +35,15 @@ number of hosts; the processes' parts are disjoint.
 import concurrent.futures
 import functools
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nasty_jax.data import arrays
 from nasty_jax.data import augment
-from nasty_jax.data import builders
 from nasty_jax.data import device_pipeline
-from nasty_jax.data import prepare
 
 INPUTS = ('device', 'stream')
 # docs/reference.md#data: the reference's (unwired) subset loader re-seeds NumPy
@@ -151,12 +153,22 @@ class StreamPipeline:
     return {'image': augment.normalize(np, images, self._norm, self._dtype),
             'label': labels, 'mask': mask.astype(np.float32)}
 
-  def _iterate(self, positions: grain.MapDataset, load, batch_size: int):
-    """This process's rows of each global batch of `positions`, loaded.
+  def _iterate(self, load, batch_size: int, num_positions: int, *,
+               seed: int | None = None, start: int = 0,
+               stop: int | None = None):
+    """This process's rows of each global batch of positions, loaded.
 
-    grain's read threads load whole batches (a batched array_record read,
-    then vectorised augmentation), up to `num_threads` batches ahead.
+    The positions are 0..num_positions-1, shuffled by grain with `seed`
+    (None: in order), then [start:stop]. grain's read threads load whole
+    batches (a batched array_record read, then vectorised augmentation),
+    up to `num_threads` batches ahead.
     """
+    # Imported here, as TFDS is: the device path runs without either.
+    import grain  # pylint: disable=g-import-not-at-top
+    positions = grain.MapDataset.range(num_positions)
+    if seed is not None:
+      positions = positions.shuffle(seed=seed)
+    positions = positions[start:stop]
     index, count = self._process
     ds = positions[index::count].batch(batch_size // count,
                                        drop_remainder=True).map(load)
@@ -177,11 +189,10 @@ class StreamPipeline:
       b = global_batch_size // process_count.
     """
     size = self.global_batch_size
-    positions = grain.MapDataset.range(self.num_train).shuffle(
-        seed=epoch_seed(self._seed, epoch))
-    positions = positions[start_step * size:self.steps_per_epoch * size]
-    return self._iterate(positions, functools.partial(self._load_train, epoch),
-                         size)
+    return self._iterate(functools.partial(self._load_train, epoch), size,
+                         self.num_train, seed=epoch_seed(self._seed, epoch),
+                         start=start_step * size,
+                         stop=self.steps_per_epoch * size)
 
   def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
     """Yields the whole eval split once, in order, the last batch padded.
@@ -191,8 +202,7 @@ class StreamPipeline:
       examples, 0 for padding.
     """
     size = self.eval_batch_size
-    positions = grain.MapDataset.range(self.eval_steps * size)
-    return self._iterate(positions, self._load_eval, size)
+    return self._iterate(self._load_eval, size, self.eval_steps * size)
 
 
 def read_records(source: Sequence[dict[str, Any]],
@@ -243,6 +253,72 @@ def _get(cfg, name: str, default=None):
   return default if value is None else value
 
 
+class Defaults(NamedTuple):
+  """What a dataset defaults to where its config fields are None.
+
+  Attributes:
+    image_size: height = width; None = `dataset.image_size` or the data.
+    norm: normalisation (`dataset.mean` / `dataset.std` override).
+    policy: augmentation policy; None = by image size.
+  """
+  image_size: int | None
+  norm: augment.Normalization
+  policy: str | None
+
+
+def dataset_defaults(name: str) -> Defaults:
+  """The defaults of dataset `name`; raises listing the valid names."""
+  if name == arrays.NAME:
+    return Defaults(None, arrays.NORM, None)
+  # Imported here: the TFDS datasets' registry comes with TFDS.
+  from nasty_jax.data import builders  # pylint: disable=g-import-not-at-top
+  spec = builders.get_spec(name)
+  return Defaults(spec.image_size, spec.norm, spec.policy)
+
+
+class _Opened(NamedTuple):
+  """A dataset's splits as random-access records, and what they hold."""
+  train: Sequence[dict[str, Any]]
+  eval: Sequence[dict[str, Any]]
+  num_classes: int
+  image_size: int
+  where: str  # For messages: '<name> in <folder>' or the file.
+
+
+def _open_tfds(dataset_cfg, image_size: int | None,
+               auto_prepare: bool) -> _Opened:
+  """A prepared TFDS dataset (array_record, read without TensorFlow)."""
+  # pylint: disable=g-import-not-at-top
+  from nasty_jax.data import builders
+  from nasty_jax.data import prepare
+  # pylint: enable=g-import-not-at-top
+  name = dataset_cfg.name
+  spec = builders.get_spec(name)
+  builder = prepare.load_prepared(
+      name, data_dir=_get(dataset_cfg, 'data_dir'),
+      manual_dir=_get(dataset_cfg, 'manual_dir'), image_size=image_size,
+      auto_prepare=auto_prepare)
+  stored_size = builder.info.features['image'].shape[:2]
+  if stored_size != (image_size, image_size):
+    raise ValueError(f'{name} in {builder.data_dir} holds {stored_size} '
+                     f'images; dataset.image_size is {image_size}.')
+  return _Opened(builder.as_data_source(spec.train_split),
+                 builder.as_data_source(spec.eval_split),
+                 builder.info.features['label'].num_classes, image_size,
+                 f'{name} in {builder.data_dir}')
+
+
+def _open_arrays(dataset_cfg, image_size: int | None) -> _Opened:
+  """The `arrays` dataset: its files decoded into memory."""
+  path = _get(dataset_cfg, 'manual_dir')
+  splits = arrays.load(path)
+  if image_size is not None and image_size != splits.image_size:
+    raise ValueError(f'{path} holds {splits.image_size}x{splits.image_size} '
+                     f'images; dataset.image_size is {image_size}.')
+  return _Opened(arrays.Records(*splits.train), arrays.Records(*splits.test),
+                 len(splits.classes), splits.image_size, path)
+
+
 def create_dataset(  # pylint: disable=redefined-builtin
     dataset_cfg, global_batch_size: int, seed: int, *,
     input: str | None = None,
@@ -270,7 +346,7 @@ def create_dataset(  # pylint: disable=redefined-builtin
     A `device_pipeline.DevicePipeline` or a `StreamPipeline`.
   """
   name = dataset_cfg.name
-  spec = builders.get_spec(name)
+  defaults = dataset_defaults(name)
   input = input or _get(dataset_cfg, 'input', 'device')
   if input not in INPUTS:
     raise ValueError(f'Unknown dataset input {input!r}; valid: '
@@ -281,34 +357,30 @@ def create_dataset(  # pylint: disable=redefined-builtin
                    else process_index)
   process_count = (jax.process_count() if process_count is None
                    else process_count)
-  image_size = _get(dataset_cfg, 'image_size', spec.image_size)
-  if spec.image_size and image_size != spec.image_size:
-    raise ValueError(f'{name} images are {spec.image_size}x{spec.image_size}; '
-                     f'dataset.image_size is {image_size}.')
+  image_size = _get(dataset_cfg, 'image_size', defaults.image_size)
+  if defaults.image_size and image_size != defaults.image_size:
+    raise ValueError(f'{name} images are {defaults.image_size}x'
+                     f'{defaults.image_size}; dataset.image_size is '
+                     f'{image_size}.')
+  if name == arrays.NAME:
+    opened = _open_arrays(dataset_cfg, image_size)
+  else:
+    opened = _open_tfds(dataset_cfg, image_size, process_count == 1)
+  image_size = opened.image_size
   policy_name = _get(dataset_cfg, 'augment', 'default')
   if policy_name == 'default':
-    policy_name = spec.policy or ('crop_flip' if image_size <= 32
-                                  else 'rotate_flip')
+    policy_name = defaults.policy or ('crop_flip' if image_size <= 32
+                                      else 'rotate_flip')
   policy = augment.get_policy(policy_name)
   norm = augment.Normalization(
-      tuple(_get(dataset_cfg, 'mean', spec.norm.mean)),
-      tuple(_get(dataset_cfg, 'std', spec.norm.std)))
-  builder = prepare.load_prepared(
-      name, data_dir=_get(dataset_cfg, 'data_dir'),
-      manual_dir=_get(dataset_cfg, 'manual_dir'), image_size=image_size,
-      auto_prepare=process_count == 1)
-  stored_size = builder.info.features['image'].shape[:2]
-  if stored_size != (image_size, image_size):
-    raise ValueError(f'{name} in {builder.data_dir} holds {stored_size} '
-                     f'images; dataset.image_size is {image_size}.')
-  num_classes = builder.info.features['label'].num_classes
+      tuple(_get(dataset_cfg, 'mean', defaults.norm.mean)),
+      tuple(_get(dataset_cfg, 'std', defaults.norm.std)))
+  num_classes = opened.num_classes
   wanted = _get(dataset_cfg, 'num_classes', num_classes)
   if wanted != num_classes:
-    raise ValueError(f'{name} in {builder.data_dir} has {num_classes} classes '
-                     f'but dataset.num_classes is {wanted}.')
-  train_source = builder.as_data_source(spec.train_split)
-  eval_source = builder.as_data_source(spec.eval_split)
-  train_index = subset_indices(len(train_source),
+    raise ValueError(f'{opened.where} has {num_classes} classes but '
+                     f'dataset.num_classes is {wanted}.')
+  train_index = subset_indices(len(opened.train),
                                _get(dataset_cfg, 'subset_percent', 1.0))
   kwargs = dict(
       num_classes=num_classes, global_batch_size=global_batch_size,
@@ -316,9 +388,9 @@ def create_dataset(  # pylint: disable=redefined-builtin
       policy=policy, norm=norm, image_dtype=image_dtype)
   if input == 'stream':
     return StreamPipeline(
-        train_source, train_index, eval_source,
+        opened.train, train_index, opened.eval,
         image_shape=(image_size, image_size, 3), process_index=process_index,
         process_count=process_count, **kwargs)
   return device_pipeline.DevicePipeline(
-      read_split(train_source, train_index), read_split(eval_source),
+      read_split(opened.train, train_index), read_split(opened.eval),
       sharding=sharding, **kwargs)

@@ -364,9 +364,9 @@ class Inverter:
 def normalization(dataset_cfg: ml_collections.ConfigDict
                   ) -> tuple[np.ndarray, np.ndarray]:
   """The dataset's (mean, std) per channel, config overrides applied."""
-  # Imported here: it pulls in TFDS, which the step code must not need.
-  from nasty_jax.data import builders  # pylint: disable=g-import-not-at-top
-  norm = builders.get_spec(dataset_cfg.name).norm
+  # Imported here: it can pull in TFDS, which the step code must not need.
+  from nasty_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  norm = input_pipeline.dataset_defaults(dataset_cfg.name).norm
   mean = dataset_cfg.mean if dataset_cfg.mean is not None else norm.mean
   std = dataset_cfg.std if dataset_cfg.std is not None else norm.std
   return np.asarray(mean, np.float32), np.asarray(std, np.float32)

@@ -12,6 +12,7 @@ from typing import NamedTuple
 from tensorflow_datasets.core import constants
 import tensorflow_datasets as tfds
 
+from nasty_jax.data import arrays
 from nasty_jax.data import augment
 from nasty_jax.data.builders import digits
 from nasty_jax.data.builders import image_folder
@@ -65,7 +66,8 @@ def get_spec(name: str) -> DatasetSpec:
   """The spec of dataset `name`; raises listing the valid names."""
   if name not in SPECS:
     raise ValueError(f'Unknown dataset {name!r}; valid datasets: '
-                     f'{", ".join(DATASET_NAMES)}.')
+                     f'{", ".join(DATASET_NAMES)}, and {arrays.NAME} (local '
+                     'files read without TFDS: nasty_jax/data/arrays.py).')
   return SPECS[name]
 
 
