@@ -4,6 +4,7 @@
   python -m nasty_jax.experiments run NAME --workdir DIR [--seeds 0,1,2]
   python -m nasty_jax.experiments report NAME --workdir DIR [--out DIR]
   python -m nasty_jax.experiments report NAME --from_json=FILE [--out DIR]
+  python -m nasty_jax.experiments report NAME --from_json=FILE --workdir DIR
 
 An entry (`experiments/registry.py`) is a list of runs of the main command
 plus the tables and figures its report draws. A run is a config file, its
@@ -23,7 +24,9 @@ redraws a written report (markdown, JSON and plots) from its own JSON, which
 keeps every cell's per-seed values, without the run folders: the numbers
 stay, the paper's numbers, notes and titles become the registry's current
 ones (`experiment_report.results_from_record`; it fails if the entry now
-reads a cell the JSON lacks). `list` prints every run as the equivalent
+reads a cell the JSON lacks); given with `--workdir`, the seeds found
+there join the record's (a seed in both is the workdir's), so seeds run
+later or elsewhere complete a committed report. `list` prints every run as the equivalent
 `python -m nasty_jax.main` command line.
 """
 
@@ -328,6 +331,20 @@ def gather_results(entry: schema.Entry, workdir: str,
   return out
 
 
+def merge_results(base: dict[str, dict[int, dict[str, Any]]],
+                  newer: dict[str, dict[int, dict[str, Any]]]
+                  ) -> dict[str, dict[int, dict[str, Any]]]:
+  """`base` with `newer`'s seeds added; a seed in both is `newer`'s.
+
+  Lets seeds run on another machine (or later) join a committed report:
+  `report NAME --from_json=<NAME>.json --workdir=DIR`.
+  """
+  merged = {run: dict(by_seed) for run, by_seed in base.items()}
+  for run, by_seed in newer.items():
+    merged.setdefault(run, {}).update(by_seed)
+  return merged
+
+
 def define_flags() -> None:
   """The command line's flags (only when run as a program: the main
   command defines `workdir` too, and both may be imported together)."""
@@ -340,7 +357,8 @@ def define_flags() -> None:
       '--set=dataset.manual_dir=/data/cifar10_images.')
   flags.DEFINE_string(
       'from_json', None, 'report: redraw from this <NAME>.json a report '
-      'wrote (its per-seed values) instead of the runs of --workdir.')
+      'wrote (its per-seed values); with --workdir, the seeds found there '
+      'are added to (or replace) the record\'s.')
   flags.DEFINE_string('out', os.path.join(REPO, 'experiments', 'results'),
                       'report: where <NAME>.md, <NAME>.json and the PNGs '
                       'go.')
@@ -351,7 +369,8 @@ Usage:
   python -m nasty_jax.experiments list [NAME]
   python -m nasty_jax.experiments run NAME --workdir DIR [--seeds 0,1,2]
   python -m nasty_jax.experiments report NAME --workdir DIR [--out DIR]
-  python -m nasty_jax.experiments report NAME --from_json=FILE [--out DIR]"""
+  python -m nasty_jax.experiments report NAME --from_json=FILE [--out DIR]
+  python -m nasty_jax.experiments report NAME --from_json=FILE --workdir DIR"""
 
 
 def main(argv: Sequence[str]) -> None:
@@ -365,10 +384,8 @@ def main(argv: Sequence[str]) -> None:
       print(describe(get_entry(name, registry)))  # The command's output.
     return
   workdir, from_json = flags.FLAGS.workdir, flags.FLAGS.from_json
-  if from_json is not None and (verb != 'report' or workdir is not None
-                                or flags.FLAGS.seeds):
-    raise app.UsageError('--from_json is for `report` alone, without '
-                         '--workdir and --seeds.\n' + USAGE)
+  if from_json is not None and verb != 'report':
+    raise app.UsageError('--from_json is for `report` alone.\n' + USAGE)
   if len(names) != 1 or (workdir is None and from_json is None):
     raise app.UsageError(USAGE)
   entry = get_entry(names[0], registry)
@@ -380,6 +397,7 @@ def main(argv: Sequence[str]) -> None:
     cli.run_command(lambda: run_entry(entry, workdir, seeds or [0],
                                       flags.FLAGS.set), workdir)
   else:
+    results = {}
     if from_json is not None:
       record = jsonio.read(from_json)
       if record is None:
@@ -388,11 +406,11 @@ def main(argv: Sequence[str]) -> None:
         results = experiment_report.results_from_record(entry, record)
       except ValueError as e:
         raise app.UsageError(str(e)) from None
-    elif not os.path.isdir(workdir):
-      raise app.UsageError(f'No workdir {workdir}: give the --workdir that '
-                           f'`run {entry.name}` used.')
-    else:
-      results = gather_results(entry, workdir, seeds)
+    if workdir is not None:
+      if not os.path.isdir(workdir):
+        raise app.UsageError(f'No workdir {workdir}: give the --workdir that '
+                             f'`run {entry.name}` used.')
+      results = merge_results(results, gather_results(entry, workdir, seeds))
     written = experiment_report.write_report(entry, results, flags.FLAGS.out)
     for path in written:
       print(path)  # The command's output: the files written.

@@ -224,6 +224,14 @@ def test_committed_reports_redraw_with_the_paper_numbers(tmp_path):
   assert (f'| Student baseline |  | {alone["mean"]:.2f} ± {alone["std"]:.2f}'
           ' · paper 86.64 |') in text
   assert 'paper 95.13' in text and 'paper 82.46' in text
+  # With a workdir that holds no seed of it, the same numbers.
+  again = tmp_path / 'again'
+  subprocess.run(
+      [sys.executable, '-m', 'nasty_jax.experiments', 'report', name,
+       f'--from_json={committed}', f'--workdir={tmp_path}', f'--out={again}'],
+      cwd=experiments.REPO, check=True, capture_output=True)
+  assert _numbers(json.loads((again / f'{name}.json').read_text())) == (
+      _numbers(record))
 
 
 @pytest.fixture(scope='module')
@@ -268,6 +276,30 @@ def test_runner_runs_skips_and_reports(tiny_runs, tmp_path, monkeypatch):
       text)
   assert (tmp_path / 'tiny_teachers.png').stat().st_size > 0
   assert len(written) == 3
+
+
+def test_report_joins_a_record_and_a_workdir(tiny_runs, tmp_path):
+  """Seeds run later (the workdir's) join a committed report's seeds."""
+  entry, workdir, _ = tiny_runs
+  experiment_report.write_report(
+      entry, experiments.gather_results(entry, workdir), str(tmp_path))
+  record = json.loads((tmp_path / 'tiny.json').read_text())
+  # The committed record as if it held seed 7 alone, one point higher.
+  record['seeds'] = {run: [7] for run in record['seeds']}
+  for table in record['tables']:
+    for row in table['rows']:
+      for cell in row['cells']:
+        if cell is not None:
+          cell['values'] = {'7': v + 1 for v in cell['values'].values()}
+  joined = experiments.merge_results(
+      experiment_report.results_from_record(entry, record),
+      experiments.gather_results(entry, workdir))
+  assert sorted(joined['tiny']) == [0, 7]
+  normal = joined['tiny'][0]['teachers']['normal']['best']
+  assert joined['tiny'][7]['stages']['normal']['best'] == normal + 1
+  # A seed in both is the newer results'.
+  again = experiments.merge_results(joined, {'tiny': {7: {'x': 1}}})
+  assert again['tiny'][7] == {'x': 1} and joined['tiny'][7] != {'x': 1}
 
 
 @pytest.mark.parametrize('which,count', [('fig1', 2), ('fig2', 40)])
