@@ -243,17 +243,37 @@ def run_stage(config: ml_collections.ConfigDict, spec: programs.StageSpec,
     release_compiled()
 
 
+# Share of the kernel's memory-mapping limit a process may fill with
+# compiled code before `release_compiled` drops it.
+RELEASE_AT = 0.5
+
+
 def release_compiled() -> None:
-  """Drops every compiled program (a stage's are never reused by the next).
+  """Drops every compiled program once they fill half the mapping limit.
 
   XLA:CPU keeps each compiled program's machine code in memory mappings of
   its own until JAX's caches let go of it: ~550 mappings a stage here, so
   a process running ~100 stages (an experiment's seeds) reached the
-  kernel's vm.max_map_count (65,530) and LLVM crashed. Cleared after each
-  stage, the count stays flat.
+  kernel's vm.max_map_count (65,530) and LLVM crashed. Dropping them after
+  every stage would make each stage retrace and recompile what an earlier
+  one of the same shapes compiled (the test suite runs hundreds of such
+  stages in one process), so they are dropped only near the limit.
   """
-  jax.clear_caches()
-  gc.collect()
+  used, limit = _memory_mappings()
+  if used is None or used >= RELEASE_AT * limit:
+    jax.clear_caches()
+    gc.collect()
+
+
+def _memory_mappings() -> tuple[int | None, int]:
+  """(mappings this process holds, the kernel's limit); None off Linux."""
+  try:
+    with open('/proc/sys/vm/max_map_count') as f:
+      limit = int(f.read())
+    with open('/proc/self/maps', 'rb') as f:
+      return sum(1 for _ in f), limit
+  except (OSError, ValueError):
+    return None, 0
 
 
 def _run_stage(config, spec, stage_dir, *, build, step_hook, sources,

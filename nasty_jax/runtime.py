@@ -88,6 +88,10 @@ def initialize_distributed(coordinator: str | None = None,
   if os.environ.get('JAX_PLATFORMS', '').startswith('cpu') or (
       coordinator and coordinator.startswith(('localhost', '127.'))):
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    # A program with gloo collectives read back from the persistent
+    # compilation cache deadlocks in its first all-reduce (jax 0.12: every
+    # rerun of a 2-process CPU job hung, resumes included); compile afresh.
+    jax.config.update('jax_enable_compilation_cache', False)
   # A dead peer stops the others after this many seconds without a
   # heartbeat (JAX's default 100; NASTY_JAX_HEARTBEAT_TIMEOUT changes it).
   heartbeat = int(os.environ.get('NASTY_JAX_HEARTBEAT_TIMEOUT', '100'))

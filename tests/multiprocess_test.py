@@ -3,13 +3,18 @@
 A short teacher stage on digits runs as 1 process x 4 CPU devices and as
 2 processes x 2 devices each: parameters agree to float-reduction order,
 accuracies exactly, and only process 0 writes the results. A kill of one
-process stops the other with an error, and the rerun resumes.
+process stops the other with an error, and the rerun resumes (the
+pairs after the first would deadlock on programs read back from the
+persistent compilation cache, which gloo runs therefore skip).
 
 The stage is kept to 6 steps: gloo sums the gradients of the 2 processes
 in another order than XLA sums 4 local devices, and at lr 0.1 such a
 1e-7 difference grows with every step (after 30 steps the parameters
 differ by ~1e-2, exactly as much as a 1-process run on 2 devices differs
-from one on 4), so only a short run can be compared at 1e-5.
+from one on 4). After 6 steps the gap depends on the jax version: ~1e-7
+with jax 0.10, up to 2.5e-5 in 47 of the 79,938 parameters with jax 0.12 (the
+whole vector's relative distance 6e-6), the same in every rerun. The
+bound is 1e-4 in each parameter and 1e-4 relative over the vector.
 """
 
 import json
@@ -95,7 +100,8 @@ def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
   v2, _ = checkpointing.load_variables(str(two / 'normal'))
   flat1 = np.concatenate([np.ravel(x) for x in _leaves(v1)])
   flat2 = np.concatenate([np.ravel(x) for x in _leaves(v2)])
-  np.testing.assert_allclose(flat1, flat2, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(flat1, flat2, atol=1e-4, rtol=0)
+  assert np.linalg.norm(flat1 - flat2) < 1e-4 * np.linalg.norm(flat1)
 
   # Kill process 1 once epoch 1 is saved: process 0 must stop with an
   # error, and the same command resumes from that checkpoint.
