@@ -49,6 +49,10 @@ def learning_rate_schedule(optim_config, steps_per_epoch: int
   if kind == 'cosine':
     total = int(optim_config.num_epochs) * steps_per_epoch
     warmup = int(getattr(optim_config, 'warmup_epochs', 0)) * steps_per_epoch
+    if warmup <= 0:
+      # The same values; optax's warm-up form would log a 'non-positive
+      # transition_steps' line for its empty warm-up at every stage start.
+      return optax.cosine_decay_schedule(peak, max(total, 1), alpha=0.0)
     return optax.warmup_cosine_decay_schedule(
         0.0, peak, warmup, max(total, warmup + 1), end_value=0.0)
   if kind != 'step':

@@ -30,6 +30,18 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
   assert float(lr(40)) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_cosine_schedule_without_warm_up_starts_at_the_peak(monkeypatch):
+  logged = []
+  monkeypatch.setattr('absl.logging.info', lambda *a, **k: logged.append(a))
+  lr = state_lib.learning_rate_schedule(
+      _optim(schedule='cosine', warmup_epochs=0), steps_per_epoch=10)
+  assert float(lr(0)) == pytest.approx(0.1)
+  assert float(lr(20)) == pytest.approx(0.05, rel=1e-5)
+  assert float(lr(40)) == pytest.approx(0.0, abs=1e-9)
+  # No log line about an empty warm-up at every stage start.
+  assert not logged
+
+
 def test_unknown_schedule_names_the_valid_ones():
   with pytest.raises(ValueError, match='valid: step, cosine'):
     state_lib.learning_rate_schedule(_optim(schedule='linear'), 10)
