@@ -577,15 +577,17 @@ _CPU_SHORT = (('optim.sgd.num_epochs', '20'), ('optim.sgd.schedule', 'cosine'),
               ('optim.sgd.warmup_epochs', '1'),
               ('optim.adam.num_epochs', '3'),
               ('optim.adam.schedule', 'cosine'), ('nasty.omega', '0.1'))
+_CPU_RUNS = (
+    Run(_CPU_TEACHERS, C10, 'preresnet20', _CIFAR10_JPEG + _CPU_SHORT,
+        'normal,nasty', seed=0),
+    Run(_CPU_STUDENTS, C10, 'preresnet20', _CIFAR10_JPEG + _CPU_SHORT + (
+        ('teacher.checkpoint', StageRef(_CPU_TEACHERS, 'normal', seed=0)),
+        ('nasty.checkpoint', StageRef(_CPU_TEACHERS, 'nasty', seed=0)),
+        ('students.archs', 'net'), ('students.methods', 'ce+ls+kd')),
+        'students'))
 ENTRIES.append(Entry(
     'cifar10_cpu', 'Table 1 on the real CIFAR-10, on a 2-core CPU',
-    (Run(_CPU_TEACHERS, C10, 'preresnet20', _CIFAR10_JPEG + _CPU_SHORT,
-         'normal,nasty', seed=0),
-     Run(_CPU_STUDENTS, C10, 'preresnet20', _CIFAR10_JPEG + _CPU_SHORT + (
-         ('teacher.checkpoint', StageRef(_CPU_TEACHERS, 'normal', seed=0)),
-         ('nasty.checkpoint', StageRef(_CPU_TEACHERS, 'nasty', seed=0)),
-         ('students.archs', 'net'), ('students.methods', 'ce+ls+kd')),
-         'students')),
+    _CPU_RUNS,
     (student_table(
         'Table 1 shape, real CIFAR-10 (ResNetC-20 teachers, CNN student)',
         _CPU_TEACHERS, _CPU_STUDENTS, 'preresnet20', ('net',),
@@ -675,9 +677,10 @@ _DEFENSE_LABELS = {'normal': 'normal (no defense)', 'nasty': 'nasty',
 
 def defense_matrix(title: str, defenses: tuple[str, ...],
                    teacher_cells: dict[str, Cell],
-                   attacks: tuple[tuple[str, str, str, str], ...],
-                   note: str = '', paper: dict[str, float] | None = None
-                   ) -> Table:
+                   attacks: tuple[tuple[str, str | dict[str, str], str,
+                                        str], ...],
+                   note: str = '', paper: dict[str, float] | None = None,
+                   bar: str | None = None) -> Table:
   """Rows = defenses, columns = the teacher's own accuracy then attacks.
 
   Args:
@@ -685,10 +688,12 @@ def defense_matrix(title: str, defenses: tuple[str, ...],
     defenses: teacher-side methods, 'normal' first.
     teacher_cells: each defense's own accuracy cell.
     attacks: (column label, run, stage prefix, student arch) per attack;
-      the cell is `<prefix>_<defense>/<arch>` against `ls/<arch>` of the
-      same run.
+      the cell is `<prefix>_<defense>/<arch>` of the run, or of
+      `run[defense]` where defenses' students sit in different runs.
     note: printed under the heading.
     paper: the paper's numbers by cell key ('nasty', 'kd_nasty/net', ...).
+    bar: the run of the LS students (`ls/<arch>`) every cell is compared
+      with; by default the cell's own run.
   """
   paper = paper or {}
   normal = teacher_cells['normal']
@@ -700,8 +705,10 @@ def defense_matrix(title: str, defenses: tuple[str, ...],
         own.run, own.key, paper.get(own.key, own.paper), normal)
     cells = [own]
     for _, run, prefix, arch in attacks:
+      run = run if isinstance(run, str) else run[defense]
       key = f'{prefix}_{defense}/{arch}'
-      cells.append(Cell(run, key, paper.get(key), Cell(run, f'ls/{arch}')))
+      cells.append(Cell(run, key, paper.get(key),
+                        Cell(bar or run, f'ls/{arch}')))
     rows.append((_DEFENSE_LABELS.get(defense, defense), tuple(cells)))
   return Table(title, ('Teacher',) + tuple(a[0] for a in attacks),
                tuple(rows), note, verdict=True)
@@ -780,21 +787,33 @@ ENTRIES.append(Entry(
                     _DIGITS_ATTACKS, _PAPER_KD_NOTE, _PAPER_KD),),
     note=_BENCH_NOTE + ' The normal and nasty rows of benchmark_digits.'))
 
-# CIFAR-10 on the CPU: cifar10_cpu's teachers and KD students (seed 0), and
-# a subset of attacks that fits: hard-label KD beside KD, over the served
-# defenses too (CMIM would need a third 20-epoch teacher: left out).
+# CIFAR-10 on the CPU: cifar10_cpu's teachers, its LS and KD students
+# (shared runs: its record or workdir gives them), and what fits beside
+# them: KD from the served defenses and hard-label KD from every teacher.
+# CMIM would need a third 20-epoch teacher: left out. The nasty teacher's
+# hard-label students have their own run, as the served defenses need the
+# normal teacher listed with them.
 _CPU_BENCH = 'cifar10_cpu/bench'
+_CPU_BENCH_NASTY = 'cifar10_cpu/bench_nasty'
 _CPU_DEFENSES = ('normal', 'nasty', 'stingy', 'reverse')
+_CPU_REFS = (('teacher.checkpoint', StageRef(_CPU_TEACHERS, 'normal', seed=0)),
+             ('nasty.checkpoint', StageRef(_CPU_TEACHERS, 'nasty', seed=0)),
+             ('students.archs', 'net'))
+_CPU_KD_RUNS = {'normal': _CPU_STUDENTS, 'nasty': _CPU_STUDENTS,
+                'stingy': _CPU_BENCH, 'reverse': _CPU_BENCH}
+_CPU_HARD_RUNS = {'normal': _CPU_BENCH, 'nasty': _CPU_BENCH_NASTY,
+                  'stingy': _CPU_BENCH, 'reverse': _CPU_BENCH}
 ENTRIES.append(Entry(
     'benchmark_cifar10_cpu',
     'Defenses x attacks on the real CIFAR-10, on a 2-core CPU (a subset)',
-    (Run(_CPU_TEACHERS, C10, 'preresnet20', _CIFAR10_JPEG + _CPU_SHORT,
-         'normal,nasty', seed=0),
-     Run(_CPU_BENCH, C10, 'preresnet20', _CIFAR10_JPEG + _CPU_SHORT + (
-         ('teacher.checkpoint', StageRef(_CPU_TEACHERS, 'normal', seed=0)),
-         ('nasty.checkpoint', StageRef(_CPU_TEACHERS, 'nasty', seed=0)),
-         ('teachers', '+'.join(_CPU_DEFENSES)), ('students.archs', 'net'),
-         ('students.methods', 'ce+ls+kd+hard_label')), 'students')),
+    _CPU_RUNS + (
+        Run(_CPU_BENCH, C10, 'preresnet20', _CIFAR10_JPEG + _CPU_SHORT +
+            _CPU_REFS + (('teachers', 'normal+stingy+reverse'),
+                         ('students.methods', 'kd+hard_label')), 'students'),
+        Run(_CPU_BENCH_NASTY, C10, 'preresnet20', _CIFAR10_JPEG +
+            _CPU_SHORT + _CPU_REFS + (('teachers', 'nasty'),
+                                      ('students.methods', 'hard_label')),
+            'students')),
     (defense_matrix(
         'Defense x attack (CIFAR-10, ResNetC-20 teachers, CNN students)',
         _CPU_DEFENSES,
@@ -802,10 +821,14 @@ ENTRIES.append(Entry(
          'nasty': Cell(_CPU_TEACHERS, 'nasty'),
          'stingy': Cell(_CPU_BENCH, 'stingy'),
          'reverse': Cell(_CPU_BENCH, 'reverse')},
-        (('KD τ=4 α=0.9', _CPU_BENCH, 'kd', 'net'),
-         ('hard-label', _CPU_BENCH, 'hard_label', 'net')),
+        (('KD τ=4 α=0.9', _CPU_KD_RUNS, 'kd', 'net'),
+         ('hard-label', _CPU_HARD_RUNS, 'hard_label', 'net')),
         _TABLE1_NOTE + ' Only the teachers and KD have a counterpart (no '
-        'other attack or defense).', _PAPER_C10_CNN),),
-    note='cifar10_cpu\'s schedule and teachers; students seeds as given. '
-    'A subset of the audit\'s attacks (KD at the paper\'s τ and α, and '
-    'hard-label KD) and of the defenses (no CMIM teacher).'))
+        'other attack or defense).', _PAPER_C10_CNN, bar=_CPU_STUDENTS),),
+    note='cifar10_cpu\'s schedule, teachers and students (baseline, LS and '
+    'KD from the normal and nasty teachers, the same runs); students seeds '
+    'as given. A subset of the audit\'s attacks (KD at the paper\'s τ and '
+    'α, and hard-label KD) and of the defenses (no CMIM teacher). Stingy '
+    'keeps the top 2 logits (ratio 0.2), reverse reverses the non-argmax '
+    'ranking, both over the normal teacher (reconstructions, '
+    'docs/defenses.md).'))

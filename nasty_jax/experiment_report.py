@@ -166,25 +166,36 @@ def results_from_record(entry, record: Mapping[str, Any]
   same numbers with the entry's current paper numbers, notes and titles.
   The plots are redrawn too: every plotted cell is a table cell.
 
+  A record of another entry gives the runs the two entries share (as
+  benchmark_cifar10_cpu shares cifar10_cpu's teachers and students), and
+  nothing else: the rest comes from --workdir or stays empty.
+
   Args:
-    entry: the `experiment_schema.Entry` the record was written for.
+    entry: the `experiment_schema.Entry` to report: the record's, or one
+      sharing runs with it.
     record: the parsed `<entry>.json`.
 
   Raises:
-    ValueError: a record of another entry, one lacking a cell the entry
-      now reads (its numbers need the runs: report from --workdir), or two
-      cells giving one run, seed, key and kind different values.
+    ValueError: a record of another entry that shares no run, one of this
+      entry lacking a cell the entry now reads (its numbers need the runs:
+      report from --workdir), or two cells giving one run, seed, key and
+      kind different values.
   """
+  shared = None
   if record.get('entry') != entry.name:
-    raise ValueError(f'The record is of entry {record.get("entry")!r}, not '
-                     f'{entry.name!r}.')
+    shared = {run.name for run in entry.runs} & set(record['seeds'])
+    if not shared:
+      raise ValueError(f'The record is of entry {record.get("entry")!r}, '
+                       f'which shares no run with {entry.name!r}.')
   out = {run: {int(seed): {'stages': {}} for seed in seeds}
-         for run, seeds in record['seeds'].items()}
+         for run, seeds in record['seeds'].items()
+         if shared is None or run in shared}
   for table in record['tables']:
     kind = table['kind']
     for row in table['rows']:
       for cell in row['cells']:
-        if cell is None:
+        if cell is None or (shared is not None and
+                            cell['run'] not in shared):
           continue
         out.setdefault(cell['run'], {})
         for seed, value in cell['values'].items():
@@ -197,7 +208,7 @@ def results_from_record(entry, record: Mapping[str, Any]
   recorded = {(c['run'], c['key']) for t in record['tables']
               for r in t['rows'] for c in r['cells'] if c is not None}
   missing = sorted({(c.run, c.key) for c in entry.cells()} - recorded)
-  if missing:
+  if missing and shared is None:
     raise ValueError(
         f'{entry.name}: the record has no cell for {missing}; report from '
         'the runs (--workdir) instead.')

@@ -195,10 +195,16 @@ def test_report_redrawn_from_its_json(tmp_path):
   assert '| student alone (base run) | 82.00 ± 2.00 · paper 86.64 |' in text
   assert 'paper n/a' not in (first / 'sweep.md').read_text()
   assert str(second / 'sweep_figure.png') in written
-  # A record of another entry, or lacking a cell the entry reads.
-  with pytest.raises(ValueError, match="entry 'sweep', not 'other'"):
+  # Another entry gets the runs it shares, and only them; one sharing no
+  # run, or this entry lacking a cell it reads, is an error.
+  shared = experiment_report.results_from_record(
+      schema.Entry('other', 'O', entry.runs[1:]), record)
+  assert list(shared) == [entry.runs[1].name]
+  assert shared[entry.runs[1].name] == again[entry.runs[1].name]
+  with pytest.raises(ValueError, match="entry 'sweep', which shares no run"):
     experiment_report.results_from_record(
-        schema.Entry('other', 'O', entry.runs), record)
+        schema.Entry('other', 'O', (schema.Run('elsewhere', 'c.py', 'net'),)),
+        record)
   extra = schema.Entry(entry.name, entry.title, entry.runs, (schema.Table(
       'T', ('x',), (('row', (schema.Cell('base', 'kd_nasty/mlp'),)),)),))
   with pytest.raises(ValueError, match='no cell for'):
@@ -323,3 +329,21 @@ def test_softmax_sharpens_with_lower_temperature():
   assert cold[0, 0] > hot[0, 0] > 1 / 3
   np.testing.assert_allclose(
       cold, np.exp(logits) / np.exp(logits).sum(), rtol=1e-12)
+
+
+def test_defense_matrix_takes_each_defense_from_its_run_against_one_bar():
+  """Shared runs: KD from the normal teacher in one run, from a served
+  defense in another, both against the same LS students."""
+  table = registry.defense_matrix(
+      'T', ('normal', 'stingy'),
+      {'normal': schema.Cell('teachers', 'normal'),
+       'stingy': schema.Cell('bench', 'stingy')},
+      (('KD', {'normal': 'students', 'stingy': 'bench'}, 'kd', 'net'),
+       ('hard-label', 'bench', 'hard_label', 'net')), bar='students')
+  (_, normal_row), (_, stingy_row) = table.rows
+  bar = schema.Cell('students', 'ls/net')
+  assert normal_row[1] == schema.Cell('students', 'kd_normal/net', None, bar)
+  assert stingy_row[1] == schema.Cell('bench', 'kd_stingy/net', None, bar)
+  assert stingy_row[2] == schema.Cell('bench', 'hard_label_stingy/net', None,
+                                      bar)
+  assert stingy_row[0].versus == normal_row[0]
