@@ -577,14 +577,14 @@ _CPU_SHORT = (('optim.sgd.num_epochs', '20'), ('optim.sgd.schedule', 'cosine'),
               ('optim.sgd.warmup_epochs', '1'),
               ('optim.adam.num_epochs', '3'),
               ('optim.adam.schedule', 'cosine'), ('nasty.omega', '0.1'))
+_CPU_REFS = (('teacher.checkpoint', StageRef(_CPU_TEACHERS, 'normal', seed=0)),
+             ('nasty.checkpoint', StageRef(_CPU_TEACHERS, 'nasty', seed=0)),
+             ('students.archs', 'net'))
 _CPU_RUNS = (
     Run(_CPU_TEACHERS, C10, 'preresnet20', _CIFAR10_JPEG + _CPU_SHORT,
         'normal,nasty', seed=0),
-    Run(_CPU_STUDENTS, C10, 'preresnet20', _CIFAR10_JPEG + _CPU_SHORT + (
-        ('teacher.checkpoint', StageRef(_CPU_TEACHERS, 'normal', seed=0)),
-        ('nasty.checkpoint', StageRef(_CPU_TEACHERS, 'nasty', seed=0)),
-        ('students.archs', 'net'), ('students.methods', 'ce+ls+kd')),
-        'students'))
+    Run(_CPU_STUDENTS, C10, 'preresnet20', _CIFAR10_JPEG + _CPU_SHORT +
+        _CPU_REFS + (('students.methods', 'ce+ls+kd'),), 'students'))
 ENTRIES.append(Entry(
     'cifar10_cpu', 'Table 1 on the real CIFAR-10, on a 2-core CPU',
     _CPU_RUNS,
@@ -796,9 +796,6 @@ ENTRIES.append(Entry(
 _CPU_BENCH = 'cifar10_cpu/bench'
 _CPU_BENCH_NASTY = 'cifar10_cpu/bench_nasty'
 _CPU_DEFENSES = ('normal', 'nasty', 'stingy', 'reverse')
-_CPU_REFS = (('teacher.checkpoint', StageRef(_CPU_TEACHERS, 'normal', seed=0)),
-             ('nasty.checkpoint', StageRef(_CPU_TEACHERS, 'nasty', seed=0)),
-             ('students.archs', 'net'))
 _CPU_KD_RUNS = {'normal': _CPU_STUDENTS, 'nasty': _CPU_STUDENTS,
                 'stingy': _CPU_BENCH, 'reverse': _CPU_BENCH}
 _CPU_HARD_RUNS = {'normal': _CPU_BENCH, 'nasty': _CPU_BENCH_NASTY,
