@@ -6,13 +6,15 @@ seed, and writes `<entry>.md` (tables beside the paper's numbers, for the
 best and for the last epoch), `<entry>.json` (the same numbers with the
 per-seed values) and one PNG per plot, with mean ± standard deviation over
 seeds. Missing runs or stages leave their cells empty, so a partial report
-can be drawn while runs are going. `results_from_record(entry, record)` turns
-a written `<entry>.json` back into `write_report`'s input, to redraw a report
-(with the registry's current paper numbers and notes) without its runs.
+can be drawn while runs are going. `results_from_records(entry, records)`
+turns written `<entry>.json` files back into `write_report`'s input, to
+redraw a report (with the registry's current paper numbers and notes)
+without its runs.
 """
 
 import os
-from typing import Any, Mapping
+import textwrap
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 
@@ -70,10 +72,17 @@ def summarize(values: Mapping[int, float]) -> dict[str, Any]:
 def _cell_summary(cell, results: Results, kind: str) -> dict[str, Any]:
   summary = summarize(cell_values(cell, results, kind))
   summary.update(run=cell.run, key=cell.key, paper=cell.paper, delta=None)
-  if cell.versus is not None and summary['mean'] is not None:
+  if cell.versus is None:
+    return summary
+  reference = cell_values(cell.versus, results, kind)
+  # The reference's values too: a cell measured against one the tables do
+  # not show (an LS bar) still redraws from the record alone.
+  summary['versus'] = {'run': cell.versus.run, 'key': cell.versus.key,
+                       'values': {str(k): v for k, v in
+                                  sorted(reference.items())}}
+  if summary['mean'] is not None:
     # Over the seeds both cells have: a partial report compares like runs.
     values = cell_values(cell, results, kind)
-    reference = cell_values(cell.versus, results, kind)
     common = sorted(values.keys() & reference.keys())
     if common:
       summary['delta'] = float(np.mean([values[s] - reference[s]
@@ -154,69 +163,116 @@ def plot_png(plot, results: Results, path: str, kind: str = 'best') -> None:
   plt.close(fig)
 
 
-def results_from_record(entry, record: Mapping[str, Any]
-                        ) -> dict[str, dict[int, dict[str, Any]]]:
-  """{run name: {seed: results.json-like}} rebuilt from a written
-  `<entry>.json`, to redraw its report without the run folders.
+def _recorded_values(record: Mapping[str, Any]):
+  """(run, key, kind, {seed: value}) of every cell a record holds and of
+  every reference a cell is measured against."""
+  for table in record['tables']:
+    for row in table['rows']:
+      for cell in row['cells']:
+        if cell is None:
+          continue
+        yield cell['run'], cell['key'], table['kind'], cell['values']
+        if cell.get('versus') is not None:
+          versus = cell['versus']
+          yield versus['run'], versus['key'], table['kind'], versus['values']
 
-  Every cell's per-seed `values` go back under its run, seed and key (in
-  `stages`, where `lookup` finds any key) as its table's kind ('best' or
-  'last'), and every run of the record's `seeds` keeps its seeds, so
-  `write_report(entry, results_from_record(entry, record), out)` gives the
-  same numbers with the entry's current paper numbers, notes and titles.
-  The plots are redrawn too: every plotted cell is a table cell.
+
+def results_from_records(entry, records: Sequence[Mapping[str, Any]]
+                         ) -> dict[str, dict[int, dict[str, Any]]]:
+  """{run name: {seed: results.json-like}} rebuilt from written
+  `<entry>.json` records, to redraw a report without the run folders.
+
+  Every cell's per-seed `values` (and those of the cell it is measured
+  against) go back under its run, seed and key (in `stages`, where `lookup`
+  finds any key) as its table's kind ('best' or 'last'), and every run of a
+  record's `seeds` keeps its seeds, so `write_report(entry,
+  results_from_records(entry, [record]), out)` gives the same numbers with
+  the entry's current paper numbers, notes and titles. The plots are
+  redrawn too: every plotted cell is a table cell.
 
   A record of another entry gives the runs the two entries share (as
   benchmark_cifar10_cpu shares cifar10_cpu's teachers and students), and
-  nothing else: the rest comes from --workdir or stays empty.
+  nothing else; the rest comes from the entry's own record, a workdir, or
+  stays empty.
 
   Args:
-    entry: the `experiment_schema.Entry` to report: the record's, or one
+    entry: the `experiment_schema.Entry` to report.
+    records: parsed `<entry>.json` files: the entry's own, or of entries
       sharing runs with it.
-    record: the parsed `<entry>.json`.
 
   Raises:
-    ValueError: a record of another entry that shares no run, one of this
-      entry lacking a cell the entry now reads (its numbers need the runs:
-      report from --workdir), or two cells giving one run, seed, key and
-      kind different values.
+    ValueError: a record of another entry that shares no run; the entry's
+      own record given but the records lacking a cell the entry now reads
+      (its numbers need the runs: report from --workdir); or two records or
+      cells giving one run, seed, key and kind different values.
   """
-  shared = None
-  if record.get('entry') != entry.name:
-    shared = {run.name for run in entry.runs} & set(record['seeds'])
-    if not shared:
-      raise ValueError(f'The record is of entry {record.get("entry")!r}, '
-                       f'which shares no run with {entry.name!r}.')
-  out = {run: {int(seed): {'stages': {}} for seed in seeds}
-         for run, seeds in record['seeds'].items()
-         if shared is None or run in shared}
-  for table in record['tables']:
-    kind = table['kind']
-    for row in table['rows']:
-      for cell in row['cells']:
-        if cell is None or (shared is not None and
-                            cell['run'] not in shared):
-          continue
-        out.setdefault(cell['run'], {})
-        for seed, value in cell['values'].items():
-          stages = out[cell['run']].setdefault(int(seed), {'stages': {}})
-          found = stages['stages'].setdefault(cell['key'], {})
-          if found.setdefault(kind, value) != value:
-            raise ValueError(
-                f'{entry.name}: two {kind} values of {cell["key"]} in run '
-                f'{cell["run"]}, seed {seed}: {found[kind]} and {value}.')
-  recorded = {(c['run'], c['key']) for t in record['tables']
-              for r in t['rows'] for c in r['cells'] if c is not None}
-  missing = sorted({(c.run, c.key) for c in entry.cells()} - recorded)
-  if missing and shared is None:
+  out: dict[str, dict[int, dict[str, Any]]] = {}
+  recorded, own = set(), False
+  for record in records:
+    runs = set(record['seeds'])
+    if record.get('entry') == entry.name:
+      own = True
+    else:
+      runs &= {run.name for run in entry.runs}
+      if not runs:
+        raise ValueError(f'The record is of entry {record.get("entry")!r}, '
+                         f'which shares no run with {entry.name!r}.')
+    for run in runs:
+      for seed in record['seeds'][run]:
+        out.setdefault(run, {}).setdefault(int(seed), {'stages': {}})
+    for run, key, kind, values in _recorded_values(record):
+      if run not in runs:
+        continue
+      recorded.add((run, key))
+      for seed, value in values.items():
+        stages = out.setdefault(run, {}).setdefault(int(seed),
+                                                    {'stages': {}})
+        found = stages['stages'].setdefault(key, {})
+        if found.setdefault(kind, value) != value:
+          raise ValueError(
+              f'{entry.name}: two {kind} values of {key} in run {run}, '
+              f'seed {seed}: {found[kind]} and {value}.')
+  needed = {(c.run, c.key) for c in entry.cells()}
+  needed |= {(c.versus.run, c.versus.key) for c in entry.cells()
+             if c.versus is not None}
+  missing = sorted(needed - recorded)
+  if missing and own:
     raise ValueError(
-        f'{entry.name}: the record has no cell for {missing}; report from '
-        'the runs (--workdir) instead.')
+        f'{entry.name}: the records have no values for {missing}; add the '
+        'record of an entry that has them (another --from_json) or report '
+        'from the runs (--workdir).')
   return out
+
+
+def results_from_record(entry, record: Mapping[str, Any]
+                        ) -> dict[str, dict[int, dict[str, Any]]]:
+  """`results_from_records` of one record."""
+  return results_from_records(entry, [record])
 
 
 def _seed_counts(entry, results: Results) -> dict[str, list[int]]:
   return {run.name: sorted(results.get(run.name, {})) for run in entry.runs}
+
+
+def _references(entry) -> str:
+  """What this entry's changes are measured against, in words."""
+  kinds = {'ls': 'a student against the same student trained with label '
+                 'smoothing',
+           'baseline': 'a student against the same student trained alone'}
+  found = []
+  for cell in entry.cells():
+    if cell.versus is None:
+      continue
+    role, _, rest = cell.versus.key.partition('/')
+    if role in kinds:
+      text = kinds[role]
+    elif not rest:
+      text = f'a teacher against the {role} one'
+    else:  # A data-free student ('dafl/normal'): against the same method's.
+      text = f'a {role} student against the one from the {rest} teacher'
+    if text not in found:
+      found.append(text)
+  return ', '.join(found) or 'none in this entry'
 
 
 def write_report(entry, results: Results, out_dir: str) -> list[str]:
@@ -239,8 +295,7 @@ def write_report(entry, results: Results, out_dir: str) -> list[str]:
   parts += [
       'Test accuracy (%): mean ± sample standard deviation over seeds '
       f'(up to {max_seeds}; fewer are marked n=). In parentheses: the change '
-      'of the mean against its reference (a student against the same '
-      'student trained alone, the nasty teacher against the normal one). '
+      f'of the mean against its reference ({_references(entry)}). '
       '"paper": the number the paper prints for the cell (best epoch; '
       'docs/paper.md); n/a where it prints none.', '']
   record = {'entry': entry.name, 'title': entry.title, 'note': entry.note,
@@ -334,22 +389,25 @@ def heatmap_png(table, rows, path: str) -> None:
         matrix[r, j] = s['delta']
   bound = max(1.0, float(np.nanmax(np.abs(matrix))) if np.isfinite(
       matrix).any() else 1.0)
-  fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(columns),
-                                  1.2 + 0.5 * len(rows)))
+  # Wide enough for the row labels and colour bar; the title wraps to fit.
+  width = max(4.0, 2.5 + 0.9 * len(columns))
+  fig, ax = plt.subplots(figsize=(width, 1.6 + 0.5 * len(rows)))
   image = ax.imshow(matrix, cmap='RdBu_r', vmin=-bound, vmax=bound,
                     aspect='auto')
   for r in range(matrix.shape[0]):
     for j in range(matrix.shape[1]):
-      if np.isfinite(matrix[r, j]):
-        ax.text(j, r, f'{matrix[r, j]:+.1f}', ha='center', va='center',
-                fontsize=7)
+      text = (f'{matrix[r, j]:+.1f}' if np.isfinite(matrix[r, j])
+              else 'not run')
+      dark = np.isfinite(matrix[r, j]) and abs(matrix[r, j]) > bound / 2
+      ax.text(j, r, text, ha='center', va='center', fontsize=7,
+              color='white' if dark else 'black')
   ax.set_xticks(range(len(columns)))
   ax.set_xticklabels([table.columns[i] for i in columns], rotation=45,
                      ha='right', fontsize=7)
   ax.set_yticks(range(len(rows)))
   ax.set_yticklabels([label for label, _ in rows], fontsize=8)
   fig.colorbar(image, ax=ax, label='knockoff - LS student (points)')
-  ax.set_title(table.title, fontsize=9)
+  ax.set_title(textwrap.fill(table.title, width=int(width * 9)), fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)

@@ -3,8 +3,8 @@
   python -m nasty_jax.experiments list [NAME]
   python -m nasty_jax.experiments run NAME --workdir DIR [--seeds 0,1,2]
   python -m nasty_jax.experiments report NAME --workdir DIR [--out DIR]
-  python -m nasty_jax.experiments report NAME --from_json=FILE [--out DIR]
-  python -m nasty_jax.experiments report NAME --from_json=FILE --workdir DIR
+  python -m nasty_jax.experiments report NAME --from_json=FILE... [--out DIR]
+  python -m nasty_jax.experiments report NAME --from_json=FILE... --workdir DIR
 
 An entry (`experiments/registry.py`) is a list of runs of the main command
 plus the tables and figures its report draws. A run is a config file, its
@@ -23,9 +23,11 @@ draws the ablation figures. `report --from_json=experiments/results/NAME.json`
 redraws a written report (markdown, JSON and plots) from its own JSON, which
 keeps every cell's per-seed values, without the run folders: the numbers
 stay, the paper's numbers, notes and titles become the registry's current
-ones (`experiment_report.results_from_record`; it fails if the entry now
-reads a cell the JSON lacks); given with `--workdir`, the seeds found
-there join the record's (a seed in both is the workdir's), so seeds run
+ones (`experiment_report.results_from_records`; it fails if the entry now
+reads a cell the JSON lacks). `--from_json` may be repeated: an entry that
+shares runs with another (benchmark_cifar10_cpu with cifar10_cpu) takes
+those from the other's record. Given with `--workdir`, the seeds found
+there join the records' (a seed in both is the workdir's), so seeds run
 later or elsewhere complete a committed report. `list` prints every run as the equivalent
 `python -m nasty_jax.main` command line.
 """
@@ -355,10 +357,11 @@ def define_flags() -> None:
   flags.DEFINE_multi_string(
       'set', [], 'run: key=value overrides for every run of the entry, e.g. '
       '--set=dataset.manual_dir=/data/cifar10_images.')
-  flags.DEFINE_string(
-      'from_json', None, 'report: redraw from this <NAME>.json a report '
-      'wrote (its per-seed values); with --workdir, the seeds found there '
-      'are added to (or replace) the record\'s.')
+  flags.DEFINE_multi_string(
+      'from_json', [], 'report: redraw from this <NAME>.json a report '
+      'wrote (its per-seed values); repeat it for the records of entries '
+      'sharing runs with NAME; with --workdir, the seeds found there are '
+      'added to (or replace) the records\'.')
   flags.DEFINE_string('out', os.path.join(REPO, 'experiments', 'results'),
                       'report: where <NAME>.md, <NAME>.json and the PNGs '
                       'go.')
@@ -369,8 +372,9 @@ Usage:
   python -m nasty_jax.experiments list [NAME]
   python -m nasty_jax.experiments run NAME --workdir DIR [--seeds 0,1,2]
   python -m nasty_jax.experiments report NAME --workdir DIR [--out DIR]
-  python -m nasty_jax.experiments report NAME --from_json=FILE [--out DIR]
-  python -m nasty_jax.experiments report NAME --from_json=FILE --workdir DIR"""
+  python -m nasty_jax.experiments report NAME --from_json=FILE... [--out DIR]
+  python -m nasty_jax.experiments report NAME --from_json=FILE... --workdir DIR
+(--from_json may be given once per record.)"""
 
 
 def main(argv: Sequence[str]) -> None:
@@ -384,9 +388,9 @@ def main(argv: Sequence[str]) -> None:
       print(describe(get_entry(name, registry)))  # The command's output.
     return
   workdir, from_json = flags.FLAGS.workdir, flags.FLAGS.from_json
-  if from_json is not None and verb != 'report':
+  if from_json and verb != 'report':
     raise app.UsageError('--from_json is for `report` alone.\n' + USAGE)
-  if len(names) != 1 or (workdir is None and from_json is None):
+  if len(names) != 1 or (workdir is None and not from_json):
     raise app.UsageError(USAGE)
   entry = get_entry(names[0], registry)
   seeds = parse_seeds(flags.FLAGS.seeds) if flags.FLAGS.seeds else None
@@ -398,12 +402,15 @@ def main(argv: Sequence[str]) -> None:
                                       flags.FLAGS.set), workdir)
   else:
     results = {}
-    if from_json is not None:
-      record = jsonio.read(from_json)
-      if record is None:
-        raise app.UsageError(f'No file {from_json}.')
+    if from_json:
+      records = []
+      for path in from_json:
+        record = jsonio.read(path)
+        if record is None:
+          raise app.UsageError(f'No file {path}.')
+        records.append(record)
       try:
-        results = experiment_report.results_from_record(entry, record)
+        results = experiment_report.results_from_records(entry, records)
       except ValueError as e:
         raise app.UsageError(str(e)) from None
     if workdir is not None:

@@ -207,8 +207,49 @@ def test_report_redrawn_from_its_json(tmp_path):
         record)
   extra = schema.Entry(entry.name, entry.title, entry.runs, (schema.Table(
       'T', ('x',), (('row', (schema.Cell('base', 'kd_nasty/mlp'),)),)),))
-  with pytest.raises(ValueError, match='no cell for'):
+  with pytest.raises(ValueError, match='no values for'):
     experiment_report.results_from_record(extra, record)
+
+
+def test_report_against_an_unshown_cell_redraws_from_records(tmp_path):
+  """A cell measured against one no table shows (an LS bar) keeps its
+  change when redrawn from its record alone; another entry's record may
+  give a shared run, and two records disagreeing on a value are an error."""
+  run, other = schema.Run('r', 'configs/digits.py'), schema.Run(
+      'o', 'configs/digits.py')
+  bar = schema.Cell('o', 'ls/net')
+  entry = schema.Entry('m', 'M', (run, other), (schema.Table(
+      'T', ('kd',), (('row', (schema.Cell('r', 'kd_normal/net',
+                                          versus=bar),)),)),))
+  results = {'r': {0: _fake_results({'kd_normal/net': 84})},
+             'o': {0: _fake_results({'ls/net': 80.5})}}
+  experiment_report.write_report(entry, results, str(tmp_path / 'a'))
+  record = json.loads((tmp_path / 'a' / 'm.json').read_text())
+  assert record['tables'][0]['rows'][0]['cells'][0]['versus'] == {
+      'run': 'o', 'key': 'ls/net', 'values': {'0': 80.5}}
+  again = experiment_report.results_from_record(entry, record)
+  experiment_report.write_report(entry, again, str(tmp_path / 'b'))
+  text = (tmp_path / 'b' / 'm.md').read_text()
+  assert '| row | 84.00 (+3.50) |' in text
+  assert ('against its reference (a student against the same student '
+          'trained with label smoothing)') in text
+  # The same record without the bar's values (as written before): the
+  # bar's entry's record supplies them; alone it is an error.
+  for table in record['tables']:  # The best and the last epoch's.
+    del table['rows'][0]['cells'][0]['versus']
+  with pytest.raises(ValueError, match=r"no values for \[\('o', 'ls/net'\)"):
+    experiment_report.results_from_record(entry, record)
+  bars = schema.Entry('bars', 'B', (other,), (schema.Table(
+      'T', ('ls',), (('row', (bar,)),)),))
+  experiment_report.write_report(bars, results, str(tmp_path / 'c'))
+  bar_record = json.loads((tmp_path / 'c' / 'bars.json').read_text())
+  joined = experiment_report.results_from_records(entry, [record, bar_record])
+  assert joined == again
+  bar_record['tables'][0]['rows'][0]['cells'][0]['values']['0'] = 79.0
+  with pytest.raises(ValueError, match='two best values of ls/net'):
+    experiment_report.results_from_records(
+        entry, [json.loads((tmp_path / 'a' / 'm.json').read_text()),
+                bar_record])
 
 
 def test_committed_reports_redraw_with_the_paper_numbers(tmp_path):
