@@ -409,6 +409,6 @@ def heatmap_png(table, rows, path: str) -> None:
   fig.colorbar(image, ax=ax, label='knockoff - LS student (points)')
   ax.set_title(textwrap.fill(table.title, width=int(width * 9)), fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
+  fig.savefig(path, dpi=90, bbox_inches='tight')  # Keeps the bar label.
   plt.close(fig)
 
