@@ -268,6 +268,9 @@ def _references(entry) -> str:
       text = kinds[role]
     elif not rest:
       text = f'a teacher against the {role} one'
+    elif role.startswith('kd_'):  # 'kd_normal/net': the arch's KD student.
+      text = (f'a distilled student against the same student distilled '
+              f'from the {role[3:]} teacher')
     else:  # A data-free student ('dafl/normal'): against the same method's.
       text = f'a {role} student against the one from the {rest} teacher'
     if text not in found:
@@ -378,15 +381,27 @@ def verdict_lines(table, rows) -> list[str]:
   return lines
 
 
-def heatmap_png(table, rows, path: str) -> None:
-  """The attack cells' mean change against the LS student, as a heatmap."""
+def heatmap_cells(table, rows) -> tuple[list[int], np.ndarray, np.ndarray]:
+  """The attack columns, their changes (NaN where none) and cell texts."""
   columns = [i for i, c in enumerate(table.rows[0][1]) if _is_attack(c)]
   matrix = np.full((len(rows), len(columns)), np.nan)
+  texts = np.full(matrix.shape, 'not run', dtype=object)
   for r, (_, summaries) in enumerate(rows):
     for j, i in enumerate(columns):
       s = summaries[i]
-      if s is not None and s['delta'] is not None:
+      if s is None or s['mean'] is None:
+        continue
+      if s['delta'] is None:  # Measured, but its LS bar was not.
+        texts[r, j] = f'{s["mean"]:.1f}\nno bar'
+      else:
         matrix[r, j] = s['delta']
+        texts[r, j] = f'{s["delta"]:+.1f}'
+  return columns, matrix, texts
+
+
+def heatmap_png(table, rows, path: str) -> None:
+  """The attack cells' mean change against the LS student, as a heatmap."""
+  columns, matrix, texts = heatmap_cells(table, rows)
   bound = max(1.0, float(np.nanmax(np.abs(matrix))) if np.isfinite(
       matrix).any() else 1.0)
   # Wide enough for the row labels and colour bar; the title wraps to fit.
@@ -396,10 +411,8 @@ def heatmap_png(table, rows, path: str) -> None:
                     aspect='auto')
   for r in range(matrix.shape[0]):
     for j in range(matrix.shape[1]):
-      text = (f'{matrix[r, j]:+.1f}' if np.isfinite(matrix[r, j])
-              else 'not run')
       dark = np.isfinite(matrix[r, j]) and abs(matrix[r, j]) > bound / 2
-      ax.text(j, r, text, ha='center', va='center', fontsize=7,
+      ax.text(j, r, texts[r, j], ha='center', va='center', fontsize=7,
               color='white' if dark else 'black')
   ax.set_xticks(range(len(columns)))
   ax.set_xticklabels([table.columns[i] for i in columns], rotation=45,

@@ -21,6 +21,7 @@ EXPECTED = (
      'cifar100_table6', 'cifar100_teacher_self', 'tinyimagenet_teacher_self',
      'cifar10_fig3', 'cifar100_fig3', 'cifar10_fig4', 'cifar100_fig4',
      'cifar10_fig5a', 'cifar10_fig5b', 'cifar10_table1_short', 'cifar10_cpu',
+     'cifar10_cpu_fig3',
      'digits_table1', 'digits_fig3', 'digits_fig4', 'digits_fig5a',
      'digits_fig5b', 'digits_table6', 'benchmark_digits', 'digits_audit',
      'benchmark_cifar10_cpu']
@@ -68,6 +69,32 @@ def test_sweep_points_share_the_base_teachers():
   # The base run's own tau (4) is a plotted point, not retrained.
   assert 4 in entry.plots[0].xs
   assert not any(p.name.endswith('temperature4') for p in points)
+
+
+def test_cpu_omega_points_change_only_the_nasty_teacher():
+  """cifar10_cpu_fig3's ω point reuses cifar10_cpu's normal teacher, and its
+  KD students read its own nasty teacher; nothing else differs."""
+  entries = experiments.load_registry()
+  entry = entries['cifar10_cpu_fig3']
+  base_students = entries['cifar10_cpu'].runs[1]
+  teachers, students = entry.runs[2:]
+  assert teachers.stages == 'nasty' and teachers.seed == 0
+  flags = experiments.flag_overrides(students, '/w', 1)
+  assert ('--config.teacher.checkpoint=/w/cifar10_cpu/teachers/seed0/normal'
+          in flags)
+  assert ('--config.nasty.checkpoint=/w/cifar10_cpu/teachers_omega0.06/'
+          'seed0/nasty') in flags
+  config = experiments.run_config(students, '/w', 1)
+  base = experiments.run_config(base_students, '/w', 1)
+  assert config.nasty.omega == 0.06 and base.nasty.omega == 0.1
+  for group in ('optim', 'kd', 'dataset'):
+    assert config[group].to_dict() == base[group].to_dict(), group
+  assert {(c.run, c.versus.key) for c in entry.cells()
+          if c.key == 'kd_nasty/net'} == {
+              ('cifar10_cpu/students', 'kd_normal/net'),
+              ('cifar10_cpu/students_omega0.06', 'kd_normal/net')}
+  assert 'against the same student distilled from the normal teacher' in (
+      experiment_report._references(entry))
 
 
 def _tiny_run(name='tiny', **kwargs):
@@ -388,3 +415,26 @@ def test_defense_matrix_takes_each_defense_from_its_run_against_one_bar():
   assert stingy_row[2] == schema.Cell('bench', 'hard_label_stingy/net', None,
                                       bar)
   assert stingy_row[0].versus == normal_row[0]
+
+
+def test_heatmap_tells_a_missing_cell_from_a_missing_bar():
+  table = registry.defense_matrix(
+      'T', ('normal', 'stingy'),
+      {'normal': schema.Cell('teachers', 'normal'),
+       'stingy': schema.Cell('bench', 'stingy')},
+      (('KD', 'bench', 'kd', 'net'),
+       ('hard-label', 'bench', 'hard_label', 'net')), bar='students')
+  results = {'teachers': {0: _fake_results({'normal': 90})},
+             'bench': {0: _fake_results({'stingy': 90, 'kd_normal/net': 84,
+                                         'kd_stingy/net': 79.5})}}
+  rows = experiment_report.table_summaries(table, results, 'best')
+  columns, matrix, texts = experiment_report.heatmap_cells(table, rows)
+  assert [table.columns[i] for i in columns] == ['KD', 'hard-label']
+  assert texts.tolist() == [['84.0\nno bar', 'not run'],
+                            ['79.5\nno bar', 'not run']]
+  assert np.isnan(matrix).all()
+  results['students'] = {0: _fake_results({'ls/net': 80})}
+  rows = experiment_report.table_summaries(table, results, 'best')
+  _, matrix, texts = experiment_report.heatmap_cells(table, rows)
+  assert texts.tolist() == [['+4.0', 'not run'], ['-0.5', 'not run']]
+  np.testing.assert_array_equal(matrix[:, 0], [4.0, -0.5])
