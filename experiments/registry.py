@@ -616,8 +616,9 @@ def _cpu_omega_runs(omega: float) -> tuple[Run, Run]:
   """The nasty teacher at `omega` (seed 0) and its KD students."""
   teachers, students = (f'{_CPU_TEACHERS}_omega{omega:g}',
                         f'{_CPU_STUDENTS}_omega{omega:g}')
-  overrides = _CIFAR10_JPEG + _CPU_SHORT[:-1] + (
-      ('nasty.omega', f'{omega:g}'), _CPU_REFS[0])
+  overrides = _CIFAR10_JPEG + tuple(
+      o for o in _CPU_SHORT if o[0] != 'nasty.omega') + (
+          ('nasty.omega', f'{omega:g}'), _CPU_REFS[0])
   return (Run(teachers, C10, 'preresnet20', overrides, 'nasty', seed=0),
           Run(students, C10, 'preresnet20', overrides + (
               ('nasty.checkpoint', StageRef(teachers, 'nasty', seed=0)),
