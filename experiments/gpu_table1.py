@@ -290,10 +290,10 @@ def bf16_parity(data: str, arch: str = 'resnet18',
   """Eval-mode logits of `arch` in bfloat16 against float32, on test images.
 
   The same variables (random init: parity of the arithmetic, not of a
-  trained net) and the stages' jitted forward. XLA:CPU, for one, fuses a
-  ResNet block's upcast bf16 convolutions into the pooling reduction and
-  returns non-finite logits; a device whose bf16 path does that must not
-  train the table.
+  trained net) and the stages' jitted forward. XLA:CPU, for one, fused
+  ResNet-18's last block into the pooling reduction and returned NaN
+  logits until `layers.global_avg_pool` fenced it off; a device whose bf16
+  path breaks like that must not train the table.
 
   Returns:
     {'finite', 'relative_error' (max |bf16 - f32| / max |f32|), 'ok'}.

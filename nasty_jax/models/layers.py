@@ -441,7 +441,16 @@ def relu6(x: Array) -> Array:
 
 
 def global_avg_pool(x: Array, keepdims: bool = False) -> Array:
-  """`adaptive_avg_pool2d(x, 1)`: mean over all H x W positions (NHWC)."""
+  """`adaptive_avg_pool2d(x, 1)`: mean over all H x W positions (NHWC).
+
+  Below float32 on a CPU the pooled map is fenced off first: XLA:CPU (jax
+  0.11-0.12) otherwise fuses ResNet-18's last block (its convolutions,
+  BatchNorm, residual add and ReLU) with this reduction into one
+  XNNPACK/YNNPACK fusion whose bfloat16 eval-mode output is NaN. float32
+  and other backends keep their fusion (and numerics) unchanged.
+  """
+  if x.dtype != jnp.float32 and jax.default_backend() == 'cpu':
+    x = jax.lax.optimization_barrier(x)
   return jnp.mean(x, axis=(1, 2), keepdims=keepdims)
 
 
