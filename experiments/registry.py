@@ -600,7 +600,9 @@ ENTRIES.append(Entry(
     'τ_S = 4, ω = 0.1 (the top of Figure 3\'s range; the paper\'s CIFAR-10 '
     'code uses 0.04 over 160 epochs), α = 0.9, LS ε = 0.1; all 50,000 '
     'training images, '
-    'the whole test set; teachers seed 0, students seeds as given.'))
+    'the whole test set; teachers seed 0, students seeds as given. '
+    'cifar10_cpu_fig3 adds a nasty teacher at ω 0.06 over the same normal '
+    'teacher, and its KD students.'))
 
 # Figure 3 on cifar10_cpu: a nasty teacher at a smaller ω over the same
 # normal teacher, and its KD students (seeds as given), beside the entry's
