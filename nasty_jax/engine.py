@@ -31,6 +31,7 @@ from nasty_jax import jsonio
 from nasty_jax import methods
 from nasty_jax import parallel as parallel_lib
 from nasty_jax import programs
+from nasty_jax import runtime
 from nasty_jax import summaries
 
 RESULT_FILE = 'result.json'
@@ -205,6 +206,25 @@ def check_spec(spec: programs.StageSpec) -> methods.Method:
   return method
 
 
+def resume_notes(meta: dict[str, Any], devices: int, cpu: str) -> list[str]:
+  """What differs between the run a checkpoint was saved by and this one.
+
+  Neither stops the resume (the global batch and the schedule are the
+  same), but either may round float sums another way: a resumed stage is
+  then no longer bit-identical to an uninterrupted run.
+  """
+  notes = []
+  if meta.get('devices', devices) != devices:
+    notes.append(f'was saved on {meta["devices"]} devices and resumes on '
+                 f'{devices} (same global batch; float sums may differ in '
+                 'order).')
+  if meta.get('cpu', cpu) != cpu:
+    notes.append(f'was saved on a {meta["cpu"]} and resumes on a {cpu} '
+                 '(XLA:CPU picks its kernels per CPU; float sums may round '
+                 'differently).')
+  return notes
+
+
 def run_stage(config: ml_collections.ConfigDict, spec: programs.StageSpec,
               stage_dir: str, *,
               build: Callable[[programs.Context], programs.Program] | None
@@ -308,6 +328,7 @@ def _run_stage(config, spec, stage_dir, *, build, step_hook, sources,
           'best_accuracy': -1.0, 'best_epoch': -1, 'history': []}
   best_meta = {'dataset': programs.dataset_identity(config),
                'max_eval_batches': config.max_eval_batches}
+  host = runtime.host()
   restored = ckpts.restore_last(abstract_like(state))
   if restored is not None:
     state, meta = restored
@@ -316,14 +337,12 @@ def _run_stage(config, spec, stage_dir, *, build, step_hook, sources,
                  'it).', spec.name, step, total,
                  step // program.steps_per_epoch + 1, program.num_epochs,
                  step % program.steps_per_epoch)
-    if meta.get('devices', par.device_count) != par.device_count:
-      logging.warning('Stage %s was saved on %d devices and resumes on %d '
-                      '(same global batch; float sums may differ in order).',
-                      spec.name, meta['devices'], par.device_count)
+    for note in resume_notes(meta, par.device_count, host['cpu']):
+      logging.warning('Stage %s %s', spec.name, note)
   else:
     writer.write_hparams(flat_hparams(config, spec))
 
-  meta['devices'] = par.device_count
+  meta['devices'], meta['cpu'] = par.device_count, host['cpu']
   loop = _Loop(spec, program, total, config.log_every_steps, ckpts, writer,
                step_hook, os.path.join(stage_dir, PROFILE_DIR)
                if config.profile else None, best_meta)
@@ -351,7 +370,7 @@ def _run_stage(config, spec, stage_dir, *, build, step_hook, sources,
       'compile_and_first_interval_seconds':
           loop.throughput.first_step_seconds,
       'devices': par.device_count, 'parallelism': par.kind,
-      'fingerprint': fingerprint.of(wanted),
+      'fingerprint': fingerprint.of(wanted), 'host': host,
       **program.record,
   }
   if 'ensemble_accuracy' in history[-1]:

@@ -22,6 +22,7 @@ every step); `run.sh` preloads tcmalloc when it is installed, and
 """
 
 import os
+import platform
 
 CPU_XLA_FLAGS = ('--xla_cpu_enable_concurrency_optimized_scheduler=false',)
 
@@ -37,6 +38,40 @@ def set_cpu_flags() -> None:
   """Adds `CPU_XLA_FLAGS` to the environment's XLA_FLAGS (see the module)."""
   if os.environ.get('NASTY_JAX_CPU_FLAGS', '1') != '0':
     os.environ['XLA_FLAGS'] = cpu_xla_flags(os.environ.get('XLA_FLAGS', ''))
+
+
+def host() -> dict[str, str]:
+  """What a stage's numbers depend on besides its config and seed.
+
+  The backend, its first device, the CPU model with its widest vector ISA,
+  and the jax version. XLA:CPU's convolution and matmul libraries pick
+  their kernels for the CPU they run on, so the same command can round
+  float sums differently on another host: on the small digits set that
+  moves test accuracies by an image or two (experiments/results/README.md).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  return {'backend': jax.default_backend(),
+          'device_kind': jax.devices()[0].device_kind,
+          'cpu': cpu_model(), 'jax': jax.__version__}
+
+
+def cpu_model(cpuinfo: str = '/proc/cpuinfo') -> str:
+  """'<model name> (<widest x86 SIMD>)' on Linux; the platform's words
+  elsewhere."""
+  try:
+    with open(cpuinfo) as f:
+      lines = f.read().splitlines()
+  except OSError:
+    return platform.processor() or platform.machine()
+  fields = {}
+  for line in lines:
+    key, _, value = line.partition(':')
+    fields.setdefault(key.strip(), value.strip())
+  model = fields.get('model name') or platform.machine()
+  flags = set(fields.get('flags', '').split())
+  isa = next((name for flag, name in (('avx512f', 'AVX-512'), ('avx2', 'AVX2'),
+                                      ('avx', 'AVX')) if flag in flags), None)
+  return f'{model} ({isa})' if isa else model
 
 
 def allocator() -> str:

@@ -12,6 +12,7 @@ from configs import digits as digits_config
 from nasty_jax import checkpointing
 from nasty_jax import engine
 from nasty_jax import programs
+from nasty_jax import runtime
 
 
 def _config(**overrides):
@@ -61,8 +62,9 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
   assert engine.read_result(killed_dir) is None
   resumed = engine.run_stage(config, NORMAL, killed_dir)
 
-  for key in ('best', 'last', 'best_epoch', 'steps', 'epochs'):
+  for key in ('best', 'last', 'best_epoch', 'steps', 'epochs', 'host'):
     assert resumed[key] == full[key], key
+  assert full['host'] == runtime.host()
   full_vars, full_meta = _params(str(tmp_path / 'full'))
   resumed_vars, resumed_meta = _params(killed_dir)
   assert full_meta == resumed_meta
@@ -82,6 +84,27 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
   early = engine.run_stage(config, NORMAL, early_dir)
   for key in ('best', 'last', 'best_epoch', 'steps', 'epochs'):
     assert early[key] == full[key], key
+
+
+def test_a_resume_on_other_devices_or_another_cpu_is_named():
+  meta = {'devices': 1, 'cpu': 'EPYC (AVX2)'}
+  assert engine.resume_notes(meta, 1, 'EPYC (AVX2)') == []
+  assert engine.resume_notes({}, 4, 'any') == []  # older checkpoints
+  notes = engine.resume_notes(meta, 4, 'Xeon (AVX-512)')
+  assert len(notes) == 2
+  assert notes[0].startswith('was saved on 1 devices and resumes on 4')
+  assert 'a EPYC (AVX2) and resumes on a Xeon (AVX-512)' in notes[1]
+
+
+def test_cpu_model_names_the_widest_vector_isa(tmp_path):
+  info = tmp_path / 'cpuinfo'
+  info.write_text('processor\t: 0\nmodel name\t: AMD EPYC\n'
+                  'flags\t\t: fpu sse avx avx2 avx512f\n\n'
+                  'processor\t: 1\nmodel name\t: AMD EPYC\n')
+  assert runtime.cpu_model(str(info)) == 'AMD EPYC (AVX-512)'
+  info.write_text('model name\t: Some CPU\nflags\t: sse avx avx2\n')
+  assert runtime.cpu_model(str(info)) == 'Some CPU (AVX2)'
+  assert runtime.cpu_model(str(tmp_path / 'absent'))  # platform's words
 
 
 def test_kd_stage_reads_frozen_teacher_and_records_its_accuracy(tmp_path):
