@@ -11,6 +11,7 @@ import sys
 import pytest
 from absl import flags
 
+from nasty_jax import runtime
 from nasty_jax.bench import cases
 from nasty_jax.bench import measure
 from nasty_jax.bench import report
@@ -45,6 +46,7 @@ def test_run_writes_every_table(tmp_path):
   results = measure.run(opts)
   assert json.loads(path.read_text()) == json.loads(json.dumps(results))
   assert results['meta']['backend'] == 'cpu'
+  assert results['meta']['cpu'] == runtime.cpu_model()
   assert results['meta']['devices'] == 4  # conftest's fake devices.
   assert len(results['steps']) == 2 and len(results['epochs']) == 1
   for row in results['steps']:

@@ -401,6 +401,7 @@ def _meta(opts: cases.Options, par: parallel_lib.Parallel) -> dict[str, Any]:
   return {
       'backend': jax.default_backend(),
       'device_kind': device.device_kind,
+      'cpu': runtime.cpu_model(),
       'devices': par.device_count,
       'host_cpus': os.cpu_count(),
       'load_average': list(os.getloadavg()),
