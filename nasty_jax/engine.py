@@ -206,21 +206,25 @@ def check_spec(spec: programs.StageSpec) -> methods.Method:
   return method
 
 
-def resume_notes(meta: dict[str, Any], devices: int, cpu: str) -> list[str]:
+def resume_notes(meta: dict[str, Any], devices: int,
+                 chip: str) -> list[str]:
   """What differs between the run a checkpoint was saved by and this one.
 
   Neither stops the resume (the global batch and the schedule are the
   same), but either may round float sums another way: a resumed stage is
-  then no longer bit-identical to an uninterrupted run.
+  then no longer bit-identical to an uninterrupted run. `chip` is what
+  does the arithmetic (`runtime.chip`); checkpoints of the previous
+  release saved it as 'cpu'.
   """
   notes = []
   if meta.get('devices', devices) != devices:
     notes.append(f'was saved on {meta["devices"]} devices and resumes on '
                  f'{devices} (same global batch; float sums may differ in '
                  'order).')
-  if meta.get('cpu', cpu) != cpu:
-    notes.append(f'was saved on a {meta["cpu"]} and resumes on a {cpu} '
-                 '(XLA:CPU picks its kernels per CPU; float sums may round '
+  saved = meta.get('chip', meta.get('cpu', chip))
+  if saved != chip:
+    notes.append(f'was saved on a {saved} and resumes on a {chip} (XLA '
+                 'picks its kernels per chip; float sums may round '
                  'differently).')
   return notes
 
@@ -337,12 +341,13 @@ def _run_stage(config, spec, stage_dir, *, build, step_hook, sources,
                  'it).', spec.name, step, total,
                  step // program.steps_per_epoch + 1, program.num_epochs,
                  step % program.steps_per_epoch)
-    for note in resume_notes(meta, par.device_count, host['cpu']):
+    for note in resume_notes(meta, par.device_count, runtime.chip(host)):
       logging.warning('Stage %s %s', spec.name, note)
   else:
     writer.write_hparams(flat_hparams(config, spec))
 
-  meta['devices'], meta['cpu'] = par.device_count, host['cpu']
+  meta['devices'], meta['chip'] = par.device_count, runtime.chip(host)
+  meta.pop('cpu', None)
   loop = _Loop(spec, program, total, config.log_every_steps, ckpts, writer,
                step_hook, os.path.join(stage_dir, PROFILE_DIR)
                if config.profile else None, best_meta)

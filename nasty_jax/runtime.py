@@ -55,6 +55,14 @@ def host() -> dict[str, str]:
           'cpu': cpu_model(), 'jax': jax.__version__}
 
 
+def chip(host_info: dict[str, str]) -> str:
+  """What does a stage's arithmetic: the CPU model on the CPU backend (the
+  host's ISA picks XLA:CPU's kernels), the accelerator's kind elsewhere."""
+  if host_info['backend'] == 'cpu':
+    return host_info['cpu']
+  return host_info['device_kind']
+
+
 def cpu_model(cpuinfo: str = '/proc/cpuinfo') -> str:
   """'<model name> (<widest x86 SIMD>)' on Linux; the platform's words
   elsewhere."""

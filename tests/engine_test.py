@@ -94,6 +94,14 @@ def test_a_resume_on_other_devices_or_another_cpu_is_named():
   assert len(notes) == 2
   assert notes[0].startswith('was saved on 1 devices and resumes on 4')
   assert 'a EPYC (AVX2) and resumes on a Xeon (AVX-512)' in notes[1]
+  assert engine.resume_notes({'chip': 'H100'}, 1, 'H100') == []
+
+
+def test_an_accelerator_run_is_named_by_its_chip_not_the_host_cpu():
+  gpu = {'backend': 'gpu', 'device_kind': 'NVIDIA H100', 'cpu': 'Xeon'}
+  assert runtime.chip(gpu) == 'NVIDIA H100'
+  assert runtime.chip({**gpu, 'backend': 'cpu', 'device_kind': 'cpu'}) == (
+      'Xeon')
 
 
 def test_cpu_model_names_the_widest_vector_isa(tmp_path):
