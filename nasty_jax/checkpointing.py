@@ -12,6 +12,7 @@ Two layouts, both orbax v0 `CheckpointManager` directories:
 
 import contextlib
 import os
+import sys
 from typing import Any, Mapping
 
 from absl import logging
@@ -43,6 +44,29 @@ def _writing(directory: str):
         f'Could not write a checkpoint in {directory} ({type(e).__name__}: '
         f'{cause}). Free space or fix the folder, then run the same command '
         'again: it resumes from the last complete checkpoint.') from None
+
+
+def _drop_closed_loop_callbacks() -> None:
+  """Silences the aftermath of a failed orbax read, for this process.
+
+  When one array of a restore fails, orbax closes its event loop while
+  tensorstore still has the other reads in flight; each of them completes
+  later and calls back into the closed loop, and Python prints every such
+  `RuntimeError('Event loop is closed')` as an unraisable exception: dozens
+  of tracebacks after our one-line error. Only those are dropped.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_closed_loop_callbacks', False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and
+            str(error) == 'Event loop is closed'):
+      previous(unraisable)
+
+  hook.drops_closed_loop_callbacks = True
+  sys.unraisablehook = hook
 
 
 def save_variables(directory: str, variables: Mapping[str, Any],
@@ -98,6 +122,7 @@ def load_variables(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
           META_ITEM: ocp.args.JsonRestore(),
       }))
     except (ValueError, KeyError, OSError, TypeError) as e:
+      _drop_closed_loop_callbacks()
       raise UnreadableCheckpointError(
           f'{directory} step {step} is not a readable checkpoint '
           f'({type(e).__name__}: {str(e)[:200]}). Point at another one; a '
@@ -158,6 +183,7 @@ class StageCheckpoints:
           META_ITEM: ocp.args.JsonRestore(),
       }))
     except (ValueError, KeyError, OSError, TypeError) as e:
+      _drop_closed_loop_callbacks()
       self._set_aside(step, e)
       return None
     state = restored[STATE_ITEM]
