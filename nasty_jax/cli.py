@@ -89,6 +89,10 @@ def run_command(body: Callable[[], Any], workdir: str | None = None) -> None:
   """
   created = workdir is not None and not os.path.exists(workdir)
   try:
+    if workdir is not None and os.path.exists(workdir) and not os.path.isdir(
+        workdir):
+      raise NotADirectoryError(f'The workdir {workdir} is a file. Give a '
+                               'folder (it is created when missing).')
     code = exit_code(body())
   except WriteFailedError as e:
     _one_line(e)

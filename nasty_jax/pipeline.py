@@ -115,6 +115,35 @@ def check_sequences(config: ml_collections.ConfigDict, prefix: str = ''
               f'{kind.__name__}s, e.g. --config.{path}="(5, 8)".')
 
 
+# Counts a stage cannot run with fewer of: an optimiser's epochs of 0 or
+# less would train nothing and read as a stage that failed. The top-level
+# `num_epochs` and `num_train_steps` are -1 for "not overridden".
+POSITIVE_FIELDS = ('optim.sgd.num_epochs', 'optim.adam.num_epochs',
+                   'dafl.num_epochs', 'dafl.iters_per_epoch',
+                   'deepinversion.iterations')
+OVERRIDE_FIELDS = {'num_epochs': "the optimiser's own",
+                   'num_train_steps': 'no limit'}
+
+
+def check_counts(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming an epoch or step count that cannot run."""
+  def value(path):
+    node = config
+    for key in path.split('.'):
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        return None
+      node = node[key]
+    return node
+
+  for path in POSITIVE_FIELDS:
+    if (v := value(path)) is not None and v < 1:
+      raise ValueError(f'--config.{path}={v}: must be at least 1.')
+  for path, unset in OVERRIDE_FIELDS.items():
+    if (v := value(path)) is not None and v != -1 and v < 1:
+      raise ValueError(f'--config.{path}={v}: must be at least 1, or -1 '
+                       f'for {unset}.')
+
+
 def plan(config: ml_collections.ConfigDict, workdir: str
          ) -> list[PlannedStage]:
   """Every stage of the config's pipeline, in run order.
@@ -124,6 +153,7 @@ def plan(config: ml_collections.ConfigDict, workdir: str
       field holding values of the wrong type.
   """
   check_sequences(config)
+  check_counts(config)
   methods.load_extensions(config.extensions)
   arch = config.teacher.arch
   own = lambda name: os.path.join(workdir, name)

@@ -172,3 +172,25 @@ def test_every_config_runs_two_steps_runlocal(module, tmp_path):
   normal = results['stages']['normal']
   assert normal['steps'] == 2 and normal['status'] == 'complete'
   assert normal['arch'] == config.teacher.arch
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('optim.sgd.num_epochs', 0, 'must be at least 1.'),
+    ('optim.adam.num_epochs', -1, 'must be at least 1.'),
+    ('deepinversion.iterations', 0, 'must be at least 1.'),
+    ('num_epochs', 0, "or -1 for the optimiser's own."),
+    ('num_train_steps', -5, 'or -1 for no limit.')])
+def test_a_count_that_cannot_run_is_refused_by_name(key, value, message):
+  for config in (digits.get_config(), cifar10.get_config()):
+    pipeline.check_counts(config)  # Every shipped default runs.
+  config = digits.get_config()
+  node = config
+  *groups, last = key.split('.')
+  for group in groups:
+    node = node[group]
+  node[last] = value
+  with pytest.raises(ValueError) as e:
+    pipeline.plan(config, '/nowhere')
+  assert str(e.value) == f'--config.{key}={value}: ' + (
+      message if message.startswith('must') else
+      f'must be at least 1, {message}')

@@ -240,3 +240,13 @@ def test_exit_codes_and_one_line_errors(tmp_path):
   assert 'resumes at step' in again.stderr
   assert json.loads((workdir / 'normal' / engine.RESULT_FILE).read_text())[
       'status'] == 'complete'
+
+
+def test_a_workdir_that_is_a_file_is_one_error_and_left_alone(tmp_path):
+  path = tmp_path / 'results'
+  path.write_text('mine')
+  ran = []
+  with pytest.raises(SystemExit) as code:
+    cli.run_command(lambda: ran.append(1), str(path))
+  assert code.value.code == cli.EXIT_BAD_INPUT
+  assert not ran and path.read_text() == 'mine'
