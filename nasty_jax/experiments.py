@@ -381,46 +381,59 @@ def main(argv: Sequence[str]) -> None:
   args = list(argv[1:])
   if not args or args[0] not in ('list', 'run', 'report'):
     raise app.UsageError(USAGE)
-  registry = load_registry()
   verb, names = args[0], args[1:]
-  if verb == 'list':
-    for name in names or sorted(registry):
-      print(describe(get_entry(name, registry)))  # The command's output.
-    return
-  workdir, from_json = flags.FLAGS.workdir, flags.FLAGS.from_json
-  if from_json and verb != 'report':
-    raise app.UsageError('--from_json is for `report` alone.\n' + USAGE)
-  if len(names) != 1 or (workdir is None and not from_json):
-    raise app.UsageError(USAGE)
-  entry = get_entry(names[0], registry)
-  seeds = parse_seeds(flags.FLAGS.seeds) if flags.FLAGS.seeds else None
+  workdir = None
+  if verb != 'list':
+    workdir, from_json = flags.FLAGS.workdir, flags.FLAGS.from_json
+    if from_json and verb != 'report':
+      raise app.UsageError('--from_json is for `report` alone.\n' + USAGE)
+    if len(names) != 1 or (workdir is None and not from_json):
+      raise app.UsageError(USAGE)
   if verb == 'run':
     cli.quiet_console()
     runtime.configure()
     engine.install_preemption_handler()
-    cli.run_command(lambda: run_entry(entry, workdir, seeds or [0],
-                                      flags.FLAGS.set), workdir)
-  else:
-    results = {}
-    if from_json:
-      records = []
-      for path in from_json:
-        record = jsonio.read(path)
-        if record is None:
-          raise app.UsageError(f'No file {path}.')
-        records.append(record)
-      try:
-        results = experiment_report.results_from_records(entry, records)
-      except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    if workdir is not None:
-      if not os.path.isdir(workdir):
-        raise app.UsageError(f'No workdir {workdir}: give the --workdir that '
-                             f'`run {entry.name}` used.')
-      results = merge_results(results, gather_results(entry, workdir, seeds))
-    written = experiment_report.write_report(entry, results, flags.FLAGS.out)
-    for path in written:
-      print(path)  # The command's output: the files written.
+  # Bad input (an unknown entry, a missing or unreadable record) is one
+  # line and exit 2, as in the main command.
+  cli.run_command(lambda: _command(verb, names),
+                  workdir if verb == 'run' else None)
+
+
+def _command(verb: str, names: Sequence[str]) -> dict[str, Any] | None:
+  registry = load_registry()
+  if verb == 'list':
+    for name in names or sorted(registry):
+      print(describe(get_entry(name, registry)))  # The command's output.
+    return None
+  entry = get_entry(names[0], registry)
+  seeds = parse_seeds(flags.FLAGS.seeds) if flags.FLAGS.seeds else None
+  if verb == 'run':
+    return run_entry(entry, flags.FLAGS.workdir, seeds or [0],
+                     flags.FLAGS.set)
+  _report(entry, seeds)
+  return None
+
+
+def _report(entry: schema.Entry, seeds: Sequence[int] | None) -> None:
+  """`report`: from the records given, the workdir's seeds, or both."""
+  workdir, results = flags.FLAGS.workdir, {}
+  if flags.FLAGS.from_json:
+    records = []
+    for path in flags.FLAGS.from_json:
+      record = jsonio.read(path)
+      if record is None:
+        raise FileNotFoundError(f'No file {path}: give the <NAME>.json a '
+                                'report wrote (experiments/results/).')
+      records.append(record)
+    results = experiment_report.results_from_records(entry, records)
+  if workdir is not None:
+    if not os.path.isdir(workdir):
+      raise FileNotFoundError(f'No workdir {workdir}: give the --workdir '
+                              f'that `run {entry.name}` used.')
+    results = merge_results(results, gather_results(entry, workdir, seeds))
+  written = experiment_report.write_report(entry, results, flags.FLAGS.out)
+  for path in written:
+    print(path)  # The command's output: the files written.
 
 
 if __name__ == '__main__':

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import registry
+from nasty_jax import cli
 from nasty_jax import experiment_report
 from nasty_jax import experiment_schema as schema
 from nasty_jax import experiments
@@ -129,10 +130,31 @@ def test_cli_errors_and_list(capsys):
     experiments.get_entry('table9', experiments.load_registry())
   with pytest.raises(ValueError, match='comma-separated integers'):
     experiments.parse_seeds('0,a')
-  experiments.main(['experiments', 'list', 'cifar10_table4'])
+  with pytest.raises(SystemExit) as code:
+    experiments.main(['experiments', 'list', 'cifar10_table4'])
+  assert code.value.code == 0
   out = capsys.readouterr().out
   assert ('--config.nasty.adversary_checkpoint='
           'DIR/cifar10/resnet18/seed0/baseline/net') in out
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+  def run(*args):
+    return subprocess.run(
+        [sys.executable, '-m', 'nasty_jax.experiments', *args],
+        cwd=experiments.REPO, capture_output=True, text=True, timeout=300)
+  for args, says in (
+      (('run', 'table9', f'--workdir={tmp_path / "w"}'), 'Unknown experiment'),
+      (('report', 'digits_table1', f'--from_json={tmp_path / "no.json"}'),
+       'No file'),
+      (('report', 'digits_table1', f'--workdir={tmp_path / "w"}'),
+       'No workdir')):
+    proc = run(*args)
+    assert proc.returncode == cli.EXIT_BAD_INPUT, proc.stderr[-2000:]
+    errors = [l for l in proc.stderr.splitlines() if l.startswith('E')]
+    assert len(errors) == 1 and says in errors[0], proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr
+  assert not (tmp_path / 'w').exists()
 
 
 def _fake_results(accuracies):
