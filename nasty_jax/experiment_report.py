@@ -157,7 +157,9 @@ def plot_png(plot, results: Results, path: str, kind: str = 'best') -> None:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=6)
-  fig.suptitle(plot.title, fontsize=10)
+  # ~12 characters of a 10-point title per inch: a one-panel figure wraps
+  # what two panels' width would hold on one line.
+  fig.suptitle(textwrap.fill(plot.title, int(12 * 4.2 * n)), fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)
