@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nasty_jax import checkpointing
+from nasty_jax import cli
 from nasty_jax import models
 from nasty_jax import torch_io
 
@@ -395,7 +396,10 @@ def main(argv: Sequence[str] | None = None) -> None:
       convert_checkpoint(args.arch, args.num_classes, args.torch_checkpoint,
                          args.out, args.overwrite)
   except (ValueError, OSError) as e:
-    sys.exit(f'error: {" ".join(str(e).split())}')
+    # One line and exit 2, as argparse's own usage errors and the other
+    # commands' bad input.
+    print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
+    sys.exit(cli.EXIT_BAD_INPUT)
 
 
 if __name__ == '__main__':

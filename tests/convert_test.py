@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from nasty_jax import checkpointing
+from nasty_jax import cli
 from nasty_jax import convert
 from nasty_jax import models
 from tests import reference_weights
@@ -166,9 +167,8 @@ def test_cli_writes_a_loadable_checkpoint(tmp_path, capsys):
   _check_preresnet20(variables)
 
   # A second run refuses to overwrite, in one line, unless told to.
-  with pytest.raises(SystemExit) as error:
-    convert.main(argv)
-  assert 'exists and is not empty; pass --overwrite' in str(error.value)
+  assert 'exists and is not empty; pass --overwrite' in _error_line(
+      capsys, convert.main, argv)
   convert.main(argv + ['--overwrite'])
 
   # And back to a state_dict .npz equal to the rule's.
@@ -186,32 +186,39 @@ def test_cli_writes_a_loadable_checkpoint(tmp_path, capsys):
      'fc.weight expects [100,64] but got [10,64]'),
     (['--arch', 'resnet18', '--num_classes', '10'], 'missing key(s): '),
 ])
-def test_cli_errors_are_one_line(tmp_path, argv, message):
+def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
   source = str(reference_weights.FIXTURES / TORCH_FILES[0])
-  with pytest.raises(SystemExit) as error:
-    convert.main(argv + ['--torch_checkpoint', source,
-                         '--out', str(tmp_path / 'out')])
-  text = str(error.value)
-  assert text.startswith('error: ') and '\n' not in text
+  text = _error_line(capsys, convert.main, argv + [
+      '--torch_checkpoint', source, '--out', str(tmp_path / 'out')])
   assert message in text
   assert not (tmp_path / 'out').exists()
 
 
-def test_cli_overwrite_never_deletes_a_foreign_directory(tmp_path):
+def test_cli_overwrite_never_deletes_a_foreign_directory(tmp_path, capsys):
   (tmp_path / 'thesis.tex').write_text('precious')
-  with pytest.raises(SystemExit) as error:
-    convert.main(['--arch', 'preresnet20', '--num_classes', '10',
-                  '--torch_checkpoint',
-                  str(reference_weights.FIXTURES / TORCH_FILES[0]),
-                  '--out', str(tmp_path), '--overwrite'])
-  assert 'does not look like a checkpoint directory' in str(error.value)
+  text = _error_line(capsys, convert.main, [
+      '--arch', 'preresnet20', '--num_classes', '10', '--torch_checkpoint',
+      str(reference_weights.FIXTURES / TORCH_FILES[0]), '--out',
+      str(tmp_path), '--overwrite'])
+  assert 'does not look like a checkpoint directory' in text
   assert (tmp_path / 'thesis.tex').read_text() == 'precious'
 
 
-def test_cli_rejects_a_non_checkpoint(tmp_path):
+def test_cli_rejects_a_non_checkpoint(tmp_path, capsys):
   bogus = tmp_path / 'notes.txt'
   bogus.write_text('not a checkpoint')
+  text = _error_line(capsys, convert.main, [
+      '--arch', 'net', '--num_classes', '10', '--torch_checkpoint',
+      str(bogus), '--out', str(tmp_path / 'out')])
+  assert 'is not a readable PyTorch checkpoint' in text
+
+
+def _error_line(capsys, main, argv) -> str:
+  """The one stderr line of a command that exits 2 on bad input."""
+  capsys.readouterr()
   with pytest.raises(SystemExit) as error:
-    convert.main(['--arch', 'net', '--num_classes', '10', '--torch_checkpoint',
-                  str(bogus), '--out', str(tmp_path / 'out')])
-  assert 'is not a readable PyTorch checkpoint' in str(error.value)
+    main(argv)
+  assert error.value.code == cli.EXIT_BAD_INPUT
+  text = capsys.readouterr().err
+  assert text.startswith('error: ') and text.count('\n') == 1, text
+  return text
