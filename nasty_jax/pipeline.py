@@ -150,7 +150,8 @@ def plan(config: ml_collections.ConfigDict, workdir: str
 
   Raises:
     ValueError: an unknown method, or one on the wrong side; a sequence
-      field holding values of the wrong type.
+      field holding values of the wrong type; an epoch or step count that
+      cannot run (`check_counts`).
   """
   check_sequences(config)
   check_counts(config)
