@@ -431,7 +431,12 @@ def _report(entry: schema.Entry, seeds: Sequence[int] | None) -> None:
       raise FileNotFoundError(f'No workdir {workdir}: give the --workdir '
                               f'that `run {entry.name}` used.')
     results = merge_results(results, gather_results(entry, workdir, seeds))
-  written = experiment_report.write_report(entry, results, flags.FLAGS.out)
+  try:
+    written = experiment_report.write_report(entry, results, flags.FLAGS.out)
+  except OSError as e:
+    raise cli.WriteFailedError(
+        f'Could not write the report in {flags.FLAGS.out} ('
+        f'{type(e).__name__}: {e}). Give a writable --out folder.') from None
   for path in written:
     print(path)  # The command's output: the files written.
 

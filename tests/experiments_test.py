@@ -143,14 +143,20 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     return subprocess.run(
         [sys.executable, '-m', 'nasty_jax.experiments', *args],
         cwd=experiments.REPO, capture_output=True, text=True, timeout=300)
-  for args, says in (
-      (('run', 'table9', f'--workdir={tmp_path / "w"}'), 'Unknown experiment'),
+  committed = os.path.join(RESULTS, 'digits_table1.json')
+  (tmp_path / 'a_file').write_text('')
+  for args, says, code in (
+      (('run', 'table9', f'--workdir={tmp_path / "w"}'), 'Unknown experiment',
+       cli.EXIT_BAD_INPUT),
       (('report', 'digits_table1', f'--from_json={tmp_path / "no.json"}'),
-       'No file'),
+       'No file', cli.EXIT_BAD_INPUT),
       (('report', 'digits_table1', f'--workdir={tmp_path / "w"}'),
-       'No workdir')):
+       'No workdir', cli.EXIT_BAD_INPUT),
+      (('report', 'digits_table1', f'--from_json={committed}',
+        f'--out={tmp_path / "a_file"}'), 'Could not write the report',
+       cli.EXIT_WRITE_FAILED)):
     proc = run(*args)
-    assert proc.returncode == cli.EXIT_BAD_INPUT, proc.stderr[-2000:]
+    assert proc.returncode == code, proc.stderr[-2000:]
     errors = [l for l in proc.stderr.splitlines() if l.startswith('E')]
     assert len(errors) == 1 and says in errors[0], proc.stderr[-2000:]
     assert 'Traceback' not in proc.stderr
