@@ -333,6 +333,7 @@ def _run_stage(config, spec, stage_dir, *, build, step_hook, sources,
   best_meta = {'dataset': programs.dataset_identity(config),
                'max_eval_batches': config.max_eval_batches}
   host = runtime.host()
+  chip = runtime.chip(host)
   restored = ckpts.restore_last(abstract_like(state))
   if restored is not None:
     state, meta = restored
@@ -341,12 +342,12 @@ def _run_stage(config, spec, stage_dir, *, build, step_hook, sources,
                  'it).', spec.name, step, total,
                  step // program.steps_per_epoch + 1, program.num_epochs,
                  step % program.steps_per_epoch)
-    for note in resume_notes(meta, par.device_count, runtime.chip(host)):
+    for note in resume_notes(meta, par.device_count, chip):
       logging.warning('Stage %s %s', spec.name, note)
   else:
     writer.write_hparams(flat_hparams(config, spec))
 
-  meta['devices'], meta['chip'] = par.device_count, runtime.chip(host)
+  meta['devices'], meta['chip'] = par.device_count, chip
   meta.pop('cpu', None)
   loop = _Loop(spec, program, total, config.log_every_steps, ckpts, writer,
                step_hook, os.path.join(stage_dir, PROFILE_DIR)
